@@ -1,0 +1,64 @@
+"""The three families as LightningModules, and loading any of them back from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genbench import GenbenchError
+from genbench.models.base import GenerativeModel
+from genbench.models.ddpm import DDPM
+from genbench.models.gan import GAN
+from genbench.models.vae import VAE
+
+FAMILIES: dict[str, type[GenerativeModel]] = {"gan": GAN, "vae": VAE, "ddpm": DDPM}
+
+__all__ = ["DDPM", "FAMILIES", "GAN", "VAE", "GenerativeModel", "load_model_from_checkpoint", "read_checkpoint"]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU, turning every way it can be broken into one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenbenchError(f"Checkpoint {path} does not exist. Pass ckpt_path=<run dir>/checkpoints/last.ckpt.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, wrong file type...
+        raise GenbenchError(
+            f"Checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: {e}). "
+            "Use another checkpoint of the run (e.g. the best one, or an earlier epoch)."
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise GenbenchError(f"Checkpoint {path} has no 'state_dict': it is not a Lightning checkpoint.")
+    return ckpt
+
+
+def checkpoint_family(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> str:
+    meta = ckpt.get("genbench") or {}
+    family = meta.get("family")
+    if family not in FAMILIES:
+        raise GenbenchError(
+            f"{path} is a checkpoint of an unknown family ({family!r}); genbench knows {', '.join(FAMILIES)}. "
+            "Only checkpoints written by genbench-train can be evaluated."
+        )
+    return family
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild a model from the config stored in its checkpoint and load its weights (EMA included)."""
+    from hydra.utils import instantiate
+
+    ckpt = read_checkpoint(path)
+    checkpoint_family(ckpt, path)
+    config = ckpt["genbench"].get("config")
+    if not config or "model" not in config:
+        raise GenbenchError(f"{path} carries no model config; it was not written by genbench-train.")
+    model: GenerativeModel = instantiate(config["model"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise GenbenchError(f"{path}: weights do not fit the stored model config ({e}).") from e
+    model.genbench_config = config
+    return model.to(map_location).eval()

@@ -1,0 +1,132 @@
+"""DCGAN trained with manual optimisation: two optimisers, one D step and one G step per batch.
+
+Losses work on discriminator logits:
+- non-saturating (default; Goodfellow et al. 2014): D minimises -log D(x) - log(1 - D(G(z))),
+  G minimises -log D(G(z)) instead of log(1 - D(G(z))) of the minimax game, which saturates
+  early in training when D rejects every fake;
+- hinge (Lim & Ye 2017; Miyato et al. 2018): D minimises relu(1 - D(x)) + relu(1 + D(G(z))),
+  G minimises -D(G(z)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbench import GenbenchError
+from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
+
+GAN_LOSSES = ("non_saturating", "hinge")
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "non_saturating":
+        # -log sigmoid(r) = softplus(-r);  -log(1 - sigmoid(f)) = softplus(f)
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    raise GenbenchError(f"Unknown GAN loss '{kind}': use one of {', '.join(GAN_LOSSES)}.")
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    if kind == "hinge":
+        return -fake_logits.mean()
+    raise GenbenchError(f"Unknown GAN loss '{kind}': use one of {', '.join(GAN_LOSSES)}.")
+
+
+class GAN(GenerativeModel):
+    family = "gan"
+    default_monitor = None  # a GAN's losses say nothing about sample quality; use eval/fid
+    ddp_find_unused_parameters = True
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        optimizer_g: OptimizerFactory,
+        optimizer_d: OptimizerFactory,
+        scheduler_g: SchedulerFactory = None,
+        scheduler_d: SchedulerFactory = None,
+        loss: str = "non_saturating",
+        d_steps_per_g_step: int = 1,
+        channels: int = 1,
+        image_size: int = 32,
+        sample_batch_size: int = 256,
+    ) -> None:
+        super().__init__(channels, image_size, sample_batch_size)
+        if loss not in GAN_LOSSES:
+            raise GenbenchError(f"Unknown GAN loss '{loss}': set model.loss to one of {', '.join(GAN_LOSSES)}.")
+        if d_steps_per_g_step < 1:
+            raise GenbenchError(f"model.d_steps_per_g_step must be >= 1, got {d_steps_per_g_step}.")
+        self.save_hyperparameters(
+            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d"]
+        )
+        self.automatic_optimization = False
+        self.generator = generator
+        self.discriminator = discriminator
+        self.loss_kind = loss
+        self.d_steps_per_g_step = d_steps_per_g_step
+        self._factories = (optimizer_g, optimizer_d, scheduler_g, scheduler_d)
+        self.z_dim = generator.z_dim
+
+    def configure_optimizers(self) -> Any:
+        opt_g, opt_d, sch_g, sch_d = self._factories
+        g = opt_g(params=self.generator.parameters())
+        d = opt_d(params=self.discriminator.parameters())
+        schedulers = [s(optimizer=o) for s, o in ((sch_g, g), (sch_d, d)) if s is not None]
+        return [g, d], schedulers
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """One update of D only: fakes are detached, and only D's optimiser steps."""
+        _, opt_d = self.optimizers()
+        loss = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()), self.loss_kind)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_d.step()
+        return loss.detach()
+
+    def generator_step(self, fake: torch.Tensor) -> torch.Tensor:
+        """One update of G only. D receives gradients too but they are cleared before D's next step."""
+        opt_g, _ = self.optimizers()
+        loss = generator_loss(self.discriminator(fake), self.loss_kind)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_g.step()
+        return loss.detach()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        real, _ = batch
+        fake = self.generator(torch.randn(real.shape[0], self.z_dim, device=real.device))
+        out = {"d_loss": self.discriminator_step(real, fake)}
+        if (batch_idx + 1) % self.d_steps_per_g_step == 0:
+            out["g_loss"] = self.generator_step(fake)
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
+        out["loss"] = out["d_loss"]
+        return out
+
+    def on_train_epoch_end(self) -> None:
+        # Manual optimisation: Lightning does not step the schedulers, so we do it per epoch.
+        schedulers = self.lr_schedulers()
+        for sch in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            sch.step()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        real, _ = batch
+        g = torch.Generator(device="cpu").manual_seed(batch_idx)
+        fake = self.generator(self.randn(real.shape[0], self.z_dim, generator=g))
+        fake_logits = self.discriminator(fake)
+        self.log_dict(
+            {
+                "val/d_loss": discriminator_loss(self.discriminator(real), fake_logits, self.loss_kind),
+                "val/g_loss": generator_loss(fake_logits, self.loss_kind),
+            },
+            sync_dist=True,
+        )
+
+    def _sample_batch(self, n: int, generator: torch.Generator | None, **kwargs: Any) -> torch.Tensor:
+        return self.generator(self.randn(n, self.z_dim, generator=generator))

@@ -1,0 +1,154 @@
+"""``genbench-train``: compose the config, build datamodule + model + callbacks + loggers, fit.
+
+genbench-train model=gan data=fashion_mnist trainer=cpu
+genbench-train -m model=gan,vae,ddpm seed=0,1 hydra/launcher=local
+genbench-train experiment=fashion_mnist_ddpm ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from genbench import CONFIG_DIR, GenbenchError
+from genbench.config import (
+    build,
+    build_loggers,
+    finish_wandb,
+    install_ddp_child_command,
+    is_rank_zero,
+    print_config_tree,
+    user_errors,
+)
+from genbench.models import FAMILIES, GenerativeModel, checkpoint_family, read_checkpoint
+
+log = logging.getLogger("genbench.train")
+
+# The DDPM's EMA copy is in eval mode on purpose; torch's pytree deprecation comes from Lightning.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path``: a file to resume from, ``auto`` (this run dir's last.ckpt if it exists, for
+    requeued cluster jobs) or null. Refuses to start fresh in a run directory that already has
+    checkpoints, which would overwrite them."""
+    ckpt_path = cfg.get("ckpt_path")
+    existing = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    if ckpt_path == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if ckpt_path is None and existing and is_rank_zero():
+        raise GenbenchError(
+            f"{output_dir} already holds checkpoints ({existing[0].name}, ...); starting afresh would overwrite "
+            "them. Resume with ckpt_path=auto (or a file), or choose a new hydra.run.dir."
+        )
+    return None if ckpt_path is None else str(ckpt_path)
+
+
+def check_resume_compatible(ckpt_path: str, model: GenerativeModel) -> None:
+    ckpt = read_checkpoint(ckpt_path)
+    family = checkpoint_family(ckpt, ckpt_path)
+    if family != model.family:
+        raise GenbenchError(
+            f"{ckpt_path} is a '{family}' checkpoint but model={model.family} is configured: "
+            f"resume with model={family}."
+        )
+
+
+def build_callbacks(cfg: DictConfig, model: GenerativeModel) -> list[pl.Callback]:
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None or "_target_" not in conf:
+            continue
+        kwargs = {}
+        if conf.get("monitor") == "auto":  # each family knows which validation metric means "better"
+            kwargs["monitor"] = model.default_monitor
+        callbacks.append(build(conf, f"callback '{name}'", **kwargs))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit one model; returns the final callback metrics (also written to metrics.json)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = Path(cfg.paths.output_dir)
+    rank_zero = is_rank_zero()
+    if rank_zero and cfg.get("print_config", True):
+        print_config_tree(cfg)
+    if HydraConfig.initialized():
+        install_ddp_child_command()
+
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build(cfg.data, f"datamodule '{cfg.data._target_}'")
+    model: GenerativeModel = build(cfg.model, f"model '{cfg.model._target_}'")
+    if model.image_shape != tuple(datamodule.image_shape):
+        raise GenbenchError(
+            f"The model is built for images {model.image_shape} but data gives {tuple(datamodule.image_shape)}: "
+            "take model.channels / model.image_size from data (the default interpolation)."
+        )
+    model.genbench_config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "data", "seed"]), resolve=True)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    if ckpt_path is not None:
+        check_resume_compatible(ckpt_path, model)
+        log.info("Resuming from %s", ckpt_path)
+
+    callbacks = build_callbacks(cfg, model)
+    loggers = build_loggers(cfg)
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("strategy") == "ddp" and model.ddp_find_unused_parameters:
+        extra["strategy"] = "ddp_find_unused_parameters_true"
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
+
+    if rank_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "num_parameters": model.num_parameters(model)}
+        )
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics.update(
+            family=model.family,
+            global_step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            num_parameters=model.num_parameters(model),
+        )
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    finally:
+        finish_wandb()
+    return metrics
+
+
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value a sweeper optimises (``optimized_metric``), NaN-safe."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise GenbenchError(f"optimized_metric={name} was not logged; logged: {', '.join(sorted(metrics))}.")
+    value = float(metrics[name])
+    return value if math.isfinite(value) else float("inf")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with user_errors():
+        return objective(cfg, train(cfg))
+
+
+__all__ = ["FAMILIES", "main", "train"]
+
+if __name__ == "__main__":
+    main()
