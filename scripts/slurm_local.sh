@@ -24,7 +24,8 @@
 # SLURM (not root, no apt-get, install failed), so tests can skip with the reason.
 set -euo pipefail
 
-DIR="${GENBENCH_SLURM_DIR:-/tmp/genbench-slurm}"
+# Absolute: every path in slurm.conf must be.
+DIR="$(realpath -m "${GENBENCH_SLURM_DIR:-/tmp/genbench-slurm}")"
 PORT="${GENBENCH_SLURM_PORT:-6817}"
 UP_TIMEOUT="${GENBENCH_SLURM_UP_TIMEOUT:-60}"
 CONF="$DIR/etc/slurm.conf"
@@ -38,7 +39,7 @@ unavailable() { echo "slurm_local: unavailable: $*" >&2; exit 2; }
 log() { echo "slurm_local: $*" >&2; }
 
 env_lines() {
-    echo "export SLURM_CONF=$CONF"
+    printf 'export SLURM_CONF=%q\n' "$CONF"
 }
 
 # ------------------------------------------------------------------ install --
@@ -102,14 +103,17 @@ write_config() {
     fi
     chmod 600 "$DIR/munge/munge.key"
 
-    # Real CPU topology and memory, so the node validates when slurmd registers
-    # (a node claiming more than it has is drained as "Low RealMemory").
-    local hw
+    # The node's real CPU count and memory (as slurmd itself detects them), so
+    # it validates when slurmd registers; more memory than detected would drain
+    # it ("Low RealMemory").  Only CPUs, no sockets/cores/threads: with
+    # CR_CPU_Memory every hyperthread is then a schedulable CPU, so CI runners
+    # with SMT run as many 1-CPU jobs at once as they have vCPUs.
+    local hw cpus mem
     hw="$(slurmd -C 2>/dev/null | head -n1 || true)"
-    if [[ $hw != NodeName=* ]]; then
-        hw="NodeName=$NODE CPUs=$(nproc) RealMemory=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024))"
-    fi
-    hw="${hw#NodeName=* }"
+    cpus="$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$hw")"
+    mem="$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")"
+    [[ -n $cpus ]] || cpus="$(nproc --all)"
+    [[ -n $mem ]] || mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024))
 
     local new="$CONF.new"
     cat >"$new" <<EOF
@@ -142,10 +146,10 @@ JobCompType=jobcomp/none
 SwitchType=switch/none
 MpiDefault=none
 MailProg=/bin/true
-# Consumable cores and memory; without DefMemPerCPU each job is given the whole
+# Consumable CPUs and memory; without DefMemPerCPU each job is given the whole
 # node's memory and jobs run one at a time.
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
+SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=1024
 # Short timers so tests are quick.
 SchedulerType=sched/backfill
@@ -154,11 +158,9 @@ MinJobAge=30
 KillWait=2
 Waittime=0
 InactiveLimit=0
-SlurmctldTimeout=30
-SlurmdTimeout=30
 # A node that was down (e.g. slurmd restarted) comes back by itself.
 ReturnToService=2
-NodeName=$NODE NodeAddr=127.0.0.1 $hw State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
     mv -f "$new" "$CONF"
@@ -190,7 +192,7 @@ munged_pidfile() { echo "$DIR/munge/run/munged.pid"; }
 start_munged() {
     pid_alive "$(munged_pidfile)" && return 0
     rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
-    munged \
+    munged 9>&- \
         --socket="$MUNGE_SOCKET" \
         --key-file="$DIR/munge/munge.key" \
         --pid-file="$(munged_pidfile)" \
@@ -202,13 +204,13 @@ start_munged() {
 start_slurmctld() {
     pid_alive "$RUN/slurmctld.pid" && return 0
     # Without -c the controller recovers jobs and node state from StateSaveLocation.
-    env SLURM_CONF="$CONF" slurmctld -f "$CONF" ||
+    env SLURM_CONF="$CONF" slurmctld -f "$CONF" 9>&- ||
         { dump_logs; die "slurmctld failed to start"; }
 }
 
 start_slurmd() {
     pid_alive "$RUN/slurmd.pid" && return 0
-    env SLURM_CONF="$CONF" slurmd -f "$CONF" -N "$NODE" ||
+    env SLURM_CONF="$CONF" slurmd -f "$CONF" -N "$NODE" 9>&- ||
         { dump_logs; die "slurmd failed to start"; }
 }
 
@@ -234,6 +236,7 @@ node_state() {
 wait_ready() { # run_job(0/1)
     local deadline=$((SECONDS + UP_TIMEOUT)) state=""
     while ((SECONDS < deadline)); do
+        all_running || { dump_logs; die "a daemon exited during start-up"; }
         state="$(node_state)"
         case "$state" in
         idle | mix | alloc | comp) break ;;
@@ -262,7 +265,6 @@ wait_ready() { # run_job(0/1)
 }
 
 cmd_up() {
-    [[ $(id -u) == 0 ]] || unavailable "must run as root (slurmd and munged run as root here)"
     # Unix socket paths are limited to 108 bytes.
     ((${#MUNGE_SOCKET} < 100)) || unavailable "GENBENCH_SLURM_DIR is too long for a socket path: $DIR"
     mkdir -p "$LOG"
@@ -291,7 +293,7 @@ cmd_up() {
         local ghosts
         ghosts="$(SLURM_CONF="$CONF" squeue -h -t RUNNING,SUSPENDED,COMPLETING -o %i 2>/dev/null || true)"
         if [[ -n $ghosts ]]; then
-            log "cancelling jobs left running by a crash: $(echo $ghosts)"
+            log "cancelling jobs left running by a crash: ${ghosts//$'\n'/ }"
             # shellcheck disable=SC2086
             SLURM_CONF="$CONF" scancel $ghosts 2>/dev/null || true
         fi
@@ -358,7 +360,6 @@ kill_leftovers() {
 }
 
 cmd_down() {
-    [[ -d $DIR ]] || return 0
     if pid_alive "$RUN/slurmctld.pid"; then
         # Cancel every job so nothing keeps running once the daemons are gone.
         local jobs
@@ -390,14 +391,27 @@ cmd_status() {
     return 1
 }
 
+# Serialise up/down: parallel test workers may all call `up` at once.  The
+# daemons get fd 9 closed so they do not hold the lock after we exit.
+lock() {
+    exec 9>"$DIR/.lock"
+    flock -w 300 9 || die "timed out waiting for $DIR/.lock"
+}
+
 case "${1:-}" in
-up) cmd_up ;;
+up)
+    [[ $(id -u) == 0 ]] || unavailable "must run as root (slurmd and munged run as root here)"
+    mkdir -p "$DIR"
+    lock
+    cmd_up
+    ;;
 env) env_lines ;;
 status) cmd_status ;;
-down) cmd_down ;;
-purge)
+down | purge)
+    [[ -d $DIR ]] || exit 0
+    lock
     cmd_down
-    rm -rf "$DIR"
+    if [[ $1 == purge ]]; then rm -rf "$DIR"; fi
     ;;
 *)
     echo "usage: $0 {up|env|status|down|purge}" >&2

@@ -118,8 +118,8 @@ class DDIMSampler(Sampler):
         T = self.schedule.timesteps
         if self.steps > T:
             raise GenbenchError(f"DDIM steps ({self.steps}) cannot exceed the schedule's T={T}.")
-        # Evenly spaced, always ending at t=0 and starting near T-1 (the "trailing"-free variant).
-        return sorted({int(round(v)) for v in torch.linspace(0, T - 1, self.steps).tolist()}, reverse=True)
+        # Evenly spaced from T-1 down to 0 (both ends included; one step starts at T-1).
+        return sorted({int(round(v)) for v in torch.linspace(T - 1, 0, self.steps).tolist()}, reverse=True)
 
     def step(self, eps, x, t, t_prev, generator):  # noqa: D102
         s = self.schedule

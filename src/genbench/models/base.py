@@ -71,6 +71,13 @@ class GenerativeModel(pl.LightningModule):
         return torch.randn(*shape, generator=generator, device=device).to(self.device)
 
     # --- shared plumbing ----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed, which is right for initialisation
+        # (identical replicas) but wrong for training noise: ranks would draw the same z, t and
+        # eps and waste half the batch. Offset the stream by rank once the replicas exist.
+        if self.trainer.world_size > 1:
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
+
     @staticmethod
     def build_optimizer(
         factory: OptimizerFactory, scheduler: SchedulerFactory, params: Any

@@ -1,0 +1,201 @@
+"""Training in-process through the real config + train() path, on the synthetic dataset."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import open_dict
+
+from genbench import GenbenchError
+from genbench.callbacks import FiniteLossGuard
+from genbench.config import build
+from genbench.data import SyntheticDataModule
+from genbench.models import read_checkpoint
+from genbench.train import train
+
+
+def _train_losses(run: Path, key: str) -> list[float]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "ddpm"])
+def test_each_family_trains_with_finite_losses(family: str, train_cfg, tmp_path: Path) -> None:
+    metrics = train(train_cfg(f"model={family}"))
+    run = tmp_path / "run"
+    assert metrics["family"] == family
+    losses = {k: v for k, v in metrics.items() if "loss" in k}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config_resolved.yaml").read_text().count(f"genbench.models.{family.upper()}") == 1
+    assert (run / "samples" / "final.png").is_file()
+    assert (run / "metrics.json").is_file()
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["genbench"]["family"] == family
+    assert ckpt["genbench"]["config"]["data"]["_target_"].endswith("SyntheticDataModule")
+
+
+def test_same_seed_same_losses(train_cfg, tmp_path: Path) -> None:
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(train_cfg("model=vae", f"seed={seed}", output_dir=tmp_path / name))
+        runs.append(_train_losses(tmp_path / name, "train/loss"))
+    assert len(runs[0]) >= 5
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_fast_dev_run_override(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("model=vae", "++trainer.fast_dev_run=true")
+    metrics = train(cfg)
+    assert metrics["global_step"] == 1
+
+
+class _GANStepRecorder(pl.Callback):
+    """Hooks each optimizer's step: records which network's weights moved at each step."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bool, bool]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        opt_g, opt_d = (o.optimizer if hasattr(o, "optimizer") else o for o in trainer.optimizers)
+        snap = {}
+
+        def snapshot(*_):
+            snap["g"] = [p.detach().clone() for p in pl_module.generator.parameters()]
+            snap["d"] = [p.detach().clone() for p in pl_module.discriminator.parameters()]
+
+        def changed(net: str, module) -> bool:
+            return any(not torch.equal(a, b) for a, b in zip(snap[net], module.parameters(), strict=True))
+
+        for name, opt in (("g", opt_g), ("d", opt_d)):
+            opt.register_step_pre_hook(snapshot)
+            opt.register_step_post_hook(
+                lambda *_, name=name: self.events.append(
+                    (name, changed("g", pl_module.generator), changed("d", pl_module.discriminator))
+                )
+            )
+        assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in pl_module.generator.parameters()}
+
+
+def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None:
+    cfg = train_cfg("model=gan")
+    model, dm = build(cfg.model, "model"), build(cfg.data, "data")
+    recorder = _GANStepRecorder()
+    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert [e[0] for e in recorder.events] == ["d", "g"] * 3  # one D then one G step per batch
+    for net, g_moved, d_moved in recorder.events:
+        if net == "d":
+            assert d_moved and not g_moved  # the D step leaves the generator unchanged
+        else:
+            assert g_moved and not d_moved
+
+
+def test_gan_d_steps_per_g_step(train_cfg) -> None:
+    cfg = train_cfg("model=gan", "model.d_steps_per_g_step=2")
+    model, dm = build(cfg.model, "model"), build(cfg.data, "data")
+    recorder = _GANStepRecorder()
+    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert [e[0] for e in recorder.events] == ["d", "d", "g", "d", "d", "g"]
+
+
+class ResumeProbe(pl.Callback):
+    """Built by train() from the config (callbacks.probe); records the state training starts from."""
+
+    last: ResumeProbe | None = None
+
+    def __init__(self) -> None:
+        ResumeProbe.last = self
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.step = trainer.global_step
+        self.optimizer_state = copy.deepcopy(trainer.optimizers[0].state_dict())  # live tensors change
+        self.ema_updates = int(pl_module.ema.num_updates)
+
+
+def test_resume_continues_at_saved_step_with_identical_optimizer_state(train_cfg, tmp_path: Path) -> None:
+    train(train_cfg("model=ddpm", output_dir=tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 6
+
+    cfg = train_cfg("model=ddpm", f"ckpt_path={last}", "trainer.max_steps=9", "trainer.max_epochs=3",
+                    output_dir=tmp_path / "second")
+    with open_dict(cfg):
+        cfg.callbacks.probe = {"_target_": f"{__name__}.ResumeProbe"}
+    metrics = train(cfg)
+    probe = ResumeProbe.last
+    assert probe is not None and probe.step == 6
+    assert probe.ema_updates == 6  # the EMA weights came back too
+    expected = saved["optimizer_states"][0]["state"]
+    got = probe.optimizer_state["state"]
+    assert expected.keys() == got.keys()
+    for k in expected:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(got[k][name], expected[k][name], rtol=0, atol=0)
+    assert metrics["global_step"] == 9
+    assert last.stat().st_size > 0  # the first run's checkpoint is untouched
+    torch.testing.assert_close(torch.load(last, weights_only=False)["state_dict"]["net.stem.weight"],
+                               saved["state_dict"]["net.stem.weight"])
+
+
+def test_existing_checkpoints_are_never_overwritten(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("model=vae")
+    train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(GenbenchError, match="already holds checkpoints"):
+        train(train_cfg("model=vae"))
+    assert last.read_bytes() == before
+    # ckpt_path=auto resumes from that run's own last.ckpt instead
+    metrics = train(train_cfg("model=vae", "ckpt_path=auto", "trainer.max_steps=8", "trainer.max_epochs=3"))
+    assert metrics["global_step"] == 8
+
+
+def test_resume_with_wrong_family_is_refused(train_cfg, tmp_path: Path) -> None:
+    train(train_cfg("model=vae", output_dir=tmp_path / "vae"))
+    ckpt = tmp_path / "vae" / "checkpoints" / "last.ckpt"
+    with pytest.raises(GenbenchError, match="'vae' checkpoint"):
+        train(train_cfg("model=ddpm", f"ckpt_path={ckpt}", output_dir=tmp_path / "ddpm"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(train_cfg, tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(GenbenchError, match="corrupt"):
+        train(train_cfg("model=vae", f"ckpt_path={bad}"))
+    assert bad.read_bytes() == b"PK\x03\x04 this is not a checkpoint"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nan_loss_stops_training_and_keeps_earlier_checkpoints(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("model=vae")
+    model, dm = build(cfg.model, "model"), SyntheticDataModule(num_train=256, batch_size=32)
+    original_step = model.training_step
+
+    def poisoned(batch, batch_idx):
+        out = original_step(batch, batch_idx)
+        if model.global_step >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    model.training_step = poisoned
+    ckpts = tmp_path / "ckpts"
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=2, save_top_k=-1, save_last=True)
+    trainer = pl.Trainer(max_steps=20, limit_val_batches=0, logger=False, callbacks=[FiniteLossGuard(), checkpoint],
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(GenbenchError, match="Non-finite training loss at step 6"):
+        trainer.fit(model, datamodule=dm)
+    saved = sorted(p.name for p in ckpts.glob("*.ckpt"))
+    assert saved == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
