@@ -60,8 +60,9 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
 
 
 def is_rank_zero() -> bool:
-    """True in the launching process; Lightning's DDP children get LOCAL_RANK/NODE_RANK > 0."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the launching process; Lightning's DDP children get LOCAL_RANK/NODE_RANK > 0, and under
+    SLURM (one task per device, hydra/launcher=slurm or srun) every task but the first has SLURM_PROCID > 0."""
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def print_config_tree(
@@ -130,7 +131,27 @@ def _wandb_kwargs(conf: dict[str, Any]) -> dict[str, Any]:
         if conf.get(key) == "auto":
             conf[key] = None
     Path(conf.get("save_dir") or ".").mkdir(parents=True, exist_ok=True)
+    if conf.get("id") in (None, "auto"):
+        # One W&B run per run directory: a resumed or requeued job continues its run, not a new one.
+        conf["id"] = wandb_run_id(Path(conf.get("save_dir") or "."))
+        conf.setdefault("resume", "allow")
     return conf
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id of a run directory, kept in ``<run_dir>/wandb_run_id``: created on the first
+    start, read back on resume. A fresh id per directory (not a hash of its path) so a deleted and
+    re-created directory starts a new W&B run. Ranks > 0 never create it (they do not log)."""
+    path = run_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip() or None
+    if not is_rank_zero():
+        return None
+    import secrets
+
+    run_id = secrets.token_hex(4)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def finish_wandb() -> None:
@@ -173,6 +194,26 @@ def install_ddp_child_command() -> None:
     import pytorch_lightning.strategies.launchers.subprocess_script as launcher
 
     launcher._hydra_subprocess_cmd = ddp_child_command
+
+
+@contextmanager
+def isolated_job() -> Iterator[None]:
+    """Leave no distributed state behind a training job.
+
+    In a sequential Hydra multirun every job runs in the same process. After a DDP job,
+    Lightning has left a live process group (whose peers have exited) and MASTER_PORT /
+    WORLD_SIZE / ... in ``os.environ``; the next job would join that dead group and crash. So the
+    environment is restored and the process group destroyed when each job ends.
+    """
+    saved_env = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key in set(os.environ) - set(saved_env):
+            del os.environ[key]
+        os.environ.update(saved_env)
 
 
 @contextmanager

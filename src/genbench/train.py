@@ -19,11 +19,19 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR, GenbenchError
+from genbench.cluster import (
+    cluster_callbacks,
+    cluster_plugins,
+    in_slurm_job,
+    resume_csv_history,
+    slurm_restart_count,
+)
 from genbench.config import (
     build,
     build_loggers,
     finish_wandb,
     install_ddp_child_command,
+    isolated_job,
     is_rank_zero,
     print_config_tree,
     user_errors,
@@ -40,9 +48,13 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path``: a file to resume from, ``auto`` (this run dir's last.ckpt if it exists, for
     requeued cluster jobs) or null. Refuses to start fresh in a run directory that already has
-    checkpoints, which would overwrite them."""
+    checkpoints, which would overwrite them. A SLURM job that was requeued (SLURM_RESTART_COUNT > 0)
+    resumes from its own last.ckpt whatever ckpt_path says: that is the state it was stopped in."""
     ckpt_path = cfg.get("ckpt_path")
     existing = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    if in_slurm_job() and slurm_restart_count() > 0 and (output_dir / "checkpoints" / "last.ckpt").is_file():
+        log.info("SLURM restart %d of this job: resuming from its last.ckpt.", slurm_restart_count())
+        ckpt_path = "auto"
     if ckpt_path == "auto":
         last = output_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.is_file() else None
@@ -101,9 +113,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_compatible(ckpt_path, model)
         log.info("Resuming from %s", ckpt_path)
 
-    callbacks = build_callbacks(cfg, model)
+    callbacks = build_callbacks(cfg, model) + cluster_callbacks()
     loggers = build_loggers(cfg)
+    if ckpt_path is not None:
+        resume_csv_history(loggers, ckpt_path)
     extra: dict[str, Any] = {}
+    if plugins := cluster_plugins():
+        extra["plugins"] = plugins
     if cfg.trainer.get("strategy") == "ddp" and model.ddp_find_unused_parameters:
         extra["strategy"] = "ddp_find_unused_parameters_true"
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
@@ -144,7 +160,7 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with user_errors():
+    with user_errors(), isolated_job():
         return objective(cfg, train(cfg))
 
 

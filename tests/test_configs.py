@@ -1,0 +1,61 @@
+"""Every config combination composes, and the model of each model x data pair can be built."""
+
+from __future__ import annotations
+
+from itertools import product
+
+import pytest
+
+from conftest import compose_train
+from genbench import CONFIG_DIR
+from genbench.config import build
+
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
+LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+DEBUG = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml"))
+
+
+def test_groups_are_complete() -> None:
+    assert set(MODELS) >= {"gan", "vae", "ddpm"}
+    assert set(DATA) >= {"fashion_mnist", "mnist", "cifar10", "folder", "synthetic"}
+    assert set(TRAINERS) >= {"cpu", "gpu", "ddp", "ddp_cpu"}
+    assert set(LOGGERS) >= {"csv", "tensorboard", "wandb"}
+
+
+@pytest.mark.parametrize("model,data,trainer", list(product(MODELS, DATA, TRAINERS)))
+def test_every_model_data_trainer_combination_composes(model: str, data: str, trainer: str, tmp_path) -> None:
+    cfg = compose_train([f"model={model}", f"data={data}", f"trainer={trainer}"], tmp_path)
+    assert cfg.model._target_.lower().endswith(model)
+    # image geometry flows from data into every network
+    assert cfg.model.channels == cfg.data.channels and cfg.model.image_size == cfg.data.image_size
+    if trainer.startswith("ddp"):
+        assert cfg.trainer.strategy == "ddp"
+
+
+@pytest.mark.parametrize("model,data", list(product(MODELS, DATA)))
+def test_every_model_builds_for_every_dataset_geometry(model: str, data: str, tmp_path) -> None:
+    cfg = compose_train([f"model={model}", f"data={data}"], tmp_path)
+    net = build(cfg.model, "model")
+    assert net.image_shape == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_compose(name: str, tmp_path) -> None:
+    cfg = compose_train([f"experiment={name}"], tmp_path)
+    assert cfg.model._target_ and cfg.data._target_
+
+
+@pytest.mark.parametrize("name", DEBUG)
+def test_debug_presets_compose(name: str, tmp_path) -> None:
+    cfg = compose_train([f"debug={name}"], tmp_path)
+    assert cfg.trainer
+
+
+def test_several_loggers_at_once(tmp_path) -> None:
+    cfg = compose_train(["logger=[csv,tensorboard,wandb]"], tmp_path)
+    assert set(cfg.logger) == {"csv", "tensorboard", "wandb"}
+    cfg = compose_train(["logger=many_loggers"], tmp_path)
+    assert set(cfg.logger) == {"csv", "tensorboard", "wandb"}
