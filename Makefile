@@ -2,7 +2,7 @@
 # Each one sets up everything it needs first (venv, pinned stack, Fashion-MNIST), so both work
 # on a brand-new machine that has only Python 3.11 and the package registries.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.genbench-installed

@@ -15,8 +15,13 @@ from omegaconf import DictConfig, open_dict
 from genbench import CONFIG_DIR, PROJECT_ROOT
 
 # Fast, quiet defaults for every in-process training run of the tests.
-FAST = ["data=synthetic", "debug=fast", "print_config=false", "callbacks.progress_bar=null",
-        "callbacks.model_summary=null"]
+FAST = [
+    "data=synthetic",
+    "debug=fast",
+    "print_config=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+]
 
 
 def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
@@ -33,8 +38,12 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
 TINY = {
     "gan": ["model.generator.width=8", "model.discriminator.width=8", "model.generator.z_dim=16"],
     "vae": ["model.encoder.width=8", "model.decoder.width=8", "model.latent_dim=8"],
-    "ddpm": ["model.net.base_channels=8", "model.net.channel_mults=[1,2]", "model.schedule.timesteps=100",
-             "model.sampler.steps=5"],
+    "ddpm": [
+        "model.net.base_channels=8",
+        "model.net.channel_mults=[1,2]",
+        "model.schedule.timesteps=100",
+        "model.sampler.steps=5",
+    ],
 }
 
 
@@ -55,12 +64,17 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def run_cli(module: str, *args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...` exactly as a user would, capturing output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=full_env,
     )
 

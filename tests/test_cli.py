@@ -61,8 +61,16 @@ def test_multirun_makes_one_directory_per_job(cli, tmp_path: Path) -> None:
 
 def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
     """The classic Hydra + Lightning trap: DDP children must not make run dirs or relaunch the sweep."""
-    r = cli("genbench.train", "-m", "model=gan", *TINY["gan"], *FAST, "trainer=ddp_cpu", "seed=1,2",
-            f"hydra.sweep.dir={tmp_path}/sweep")
+    r = cli(
+        "genbench.train",
+        "-m",
+        "model=gan",
+        *TINY["gan"],
+        *FAST,
+        "trainer=ddp_cpu",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "sweep"
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
@@ -81,8 +89,15 @@ def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
 
 
 def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) -> None:
-    r = cli("genbench.train", "-m", "model=vae,ddpm", *FAST, "trainer=ddp_cpu", "model.sample_batch_size=16",
-            f"hydra.sweep.dir={tmp_path}/sweep")
+    r = cli(
+        "genbench.train",
+        "-m",
+        "model=vae,ddpm",
+        *FAST,
+        "trainer=ddp_cpu",
+        "model.sample_batch_size=16",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = _job_dirs(tmp_path / "sweep")
     assert len(jobs) == 2

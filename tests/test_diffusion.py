@@ -17,8 +17,9 @@ def test_alpha_bar_monotone_with_right_endpoints(kind: str) -> None:
         assert math.isclose(float(s.betas[0]), 1e-4, rel_tol=1e-5)
         assert math.isclose(float(s.betas[-1]), 0.02, rel_tol=1e-5)
         # alpha_bar is the running product of (1 - beta)
-        assert math.isclose(float(ab[-1]), float(torch.prod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))),
-                            rel_tol=1e-4)
+        assert math.isclose(
+            float(ab[-1]), float(torch.prod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))), rel_tol=1e-4
+        )
 
 
 def test_q_sample_matches_closed_form() -> None:
@@ -46,7 +47,7 @@ def _eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return 0.1 * x + 1e-3 * t.float().view(-1, 1, 1, 1)
 
 
-def test_ancestral_sampler_deterministic_given_xT_and_noise() -> None:
+def test_ancestral_sampler_deterministic_given_x_t_and_noise() -> None:
     s = NoiseSchedule(50, "linear")
     sampler = AncestralSampler(s)
     x_T = torch.randn(3, 1, 8, 8)
@@ -58,7 +59,7 @@ def test_ancestral_sampler_deterministic_given_xT_and_noise() -> None:
     assert sampler.num_steps == 50
 
 
-def test_ddim_eta0_deterministic_given_xT() -> None:
+def test_ddim_eta0_deterministic_given_x_t() -> None:
     s = NoiseSchedule(100, "cosine")
     sampler = DDIMSampler(s, steps=10, eta=0.0)
     x_T = torch.randn(3, 1, 8, 8)
@@ -67,8 +68,10 @@ def test_ddim_eta0_deterministic_given_xT() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert sampler.timesteps()[0] == 99 and sampler.timesteps()[-1] == 0 and sampler.num_steps == 10
     noisy = DDIMSampler(s, steps=10, eta=1.0)
-    assert not torch.allclose(noisy(_eps_model, x_T, torch.Generator().manual_seed(1)),
-                              noisy(_eps_model, x_T, torch.Generator().manual_seed(2)))
+    assert not torch.allclose(
+        noisy(_eps_model, x_T, torch.Generator().manual_seed(1)),
+        noisy(_eps_model, x_T, torch.Generator().manual_seed(2)),
+    )
 
 
 def test_ddim_recovers_x0_with_perfect_noise_prediction() -> None:

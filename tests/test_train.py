@@ -88,8 +88,15 @@ def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None
     cfg = train_cfg("model=gan")
     model, dm = build(cfg.model, "model"), build(cfg.data, "data")
     recorder = _GANStepRecorder()
-    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=6,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[recorder],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     assert [e[0] for e in recorder.events] == ["d", "g"] * 3  # one D then one G step per batch
     for net, g_moved, d_moved in recorder.events:
@@ -103,8 +110,15 @@ def test_gan_d_steps_per_g_step(train_cfg) -> None:
     cfg = train_cfg("model=gan", "model.d_steps_per_g_step=2")
     model, dm = build(cfg.model, "model"), build(cfg.data, "data")
     recorder = _GANStepRecorder()
-    trainer = pl.Trainer(max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=6,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[recorder],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     assert [e[0] for e in recorder.events] == ["d", "d", "g", "d", "d", "g"]
 
@@ -129,8 +143,9 @@ def test_resume_continues_at_saved_step_with_identical_optimizer_state(train_cfg
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 6
 
-    cfg = train_cfg("model=ddpm", f"ckpt_path={last}", "trainer.max_steps=9", "trainer.max_epochs=3",
-                    output_dir=tmp_path / "second")
+    cfg = train_cfg(
+        "model=ddpm", f"ckpt_path={last}", "trainer.max_steps=9", "trainer.max_epochs=3", output_dir=tmp_path / "second"
+    )
     with open_dict(cfg):
         cfg.callbacks.probe = {"_target_": f"{__name__}.ResumeProbe"}
     metrics = train(cfg)
@@ -145,8 +160,9 @@ def test_resume_continues_at_saved_step_with_identical_optimizer_state(train_cfg
             torch.testing.assert_close(got[k][name], expected[k][name], rtol=0, atol=0)
     assert metrics["global_step"] == 9
     assert last.stat().st_size > 0  # the first run's checkpoint is untouched
-    torch.testing.assert_close(torch.load(last, weights_only=False)["state_dict"]["net.stem.weight"],
-                               saved["state_dict"]["net.stem.weight"])
+    torch.testing.assert_close(
+        torch.load(last, weights_only=False)["state_dict"]["net.stem.weight"], saved["state_dict"]["net.stem.weight"]
+    )
 
 
 def test_existing_checkpoints_are_never_overwritten(train_cfg, tmp_path: Path) -> None:
@@ -192,10 +208,51 @@ def test_nan_loss_stops_training_and_keeps_earlier_checkpoints(train_cfg, tmp_pa
     model.training_step = poisoned
     ckpts = tmp_path / "ckpts"
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=2, save_top_k=-1, save_last=True)
-    trainer = pl.Trainer(max_steps=20, limit_val_batches=0, logger=False, callbacks=[FiniteLossGuard(), checkpoint],
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=20,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[FiniteLossGuard(), checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(GenbenchError, match="Non-finite training loss at step 6"):
         trainer.fit(model, datamodule=dm)
     saved = sorted(p.name for p in ckpts.glob("*.ckpt"))
     assert saved == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_wandb_goes_offline_without_credentials(train_cfg, tmp_path: Path, monkeypatch) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with an api.wandb.ai entry
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    from genbench.config import wandb_has_credentials
+
+    assert not wandb_has_credentials()
+    metrics = train(train_cfg("model=vae", "logger=[csv,wandb]"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "W&B must write exactly one offline run"
+    assert list(runs[0].glob("run-*.wandb"))  # the run's data file, ready for `wandb sync`
+    assert metrics["global_step"] == 6
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    assert wandb_has_credentials()
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
+def test_trains_on_real_fashion_mnist(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("model=vae", "data=fashion_mnist", "data.limit_train=512", "data.batch_size=64")
+    metrics = train(cfg)
+    assert metrics["global_step"] == 6 and math.isfinite(metrics["val/loss"])
+    # the checkpoint's stored config is fully resolved (no ${paths...} left) and rebuilds the model
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["genbench"]["config"]["data"]["root"].endswith("data/fashion_mnist")
+    from genbench.models import load_model_from_checkpoint
+
+    model = load_model_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    x = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x, model.sample(5, generator=torch.Generator().manual_seed(0)))

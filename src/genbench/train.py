@@ -31,8 +31,8 @@ from genbench.config import (
     build_loggers,
     finish_wandb,
     install_ddp_child_command,
-    isolated_job,
     is_rank_zero,
+    isolated_job,
     print_config_tree,
     user_errors,
 )
@@ -107,7 +107,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"The model is built for images {model.image_shape} but data gives {tuple(datamodule.image_shape)}: "
             "take model.channels / model.image_size from data (the default interpolation)."
         )
-    model.genbench_config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["model", "data", "seed"]), resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    model.genbench_config = {key: resolved[key] for key in ("model", "data", "seed")}
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
     if ckpt_path is not None:
         check_resume_compatible(ckpt_path, model)

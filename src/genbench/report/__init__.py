@@ -1,0 +1,1 @@
+"""Leaderboards, plots and the HTML report built from finished run directories."""
