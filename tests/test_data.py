@@ -48,8 +48,10 @@ def test_missing_dataset_names_every_way_to_get_it(tmp_path: Path) -> None:
     assert "data.root" in msg and "data.download=true" in msg
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed "
-                    "(make data / apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(),
+    reason="Debian package dataset-fashion-mnist not installed (make data / apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist_batch(tmp_path: Path) -> None:
     dm = FashionMNISTDataModule(root=str(tmp_path), batch_size=64)
     assert len(dm.dataset("train")) + len(dm.dataset("val")) == 60_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     for logger in loggers:
         logger.log_hyperparams(
-            {**OmegaConf.to_container(cfg, resolve=True), "num_parameters": model.num_parameters(model)}
+            {**OmegaConf.to_container(cfg, resolve=True), "num_parameters": model.num_parameters()}
         )
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -139,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             family=model.family,
             global_step=trainer.global_step,
             epoch=trainer.current_epoch,
-            num_parameters=model.num_parameters(model),
+            num_parameters=model.num_parameters(),
         )
         if trainer.is_global_zero:
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -159,8 +160,41 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     return value if math.isfinite(value) else float("inf")
 
 
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """``fail_soft``: write the error to ``<run dir>/failed.json`` instead of ending the sweep, so
+    the other jobs of a benchmark still run and the report can show this one as failed."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    overrides: list[str] = []
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+    (output_dir / "failed.json").write_text(
+        json.dumps(
+            {
+                "family": str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1].lower(),
+                "seed": cfg.get("seed"),
+                "error": str(error),
+                "type": type(error).__name__,
+                "overrides": overrides,
+                "traceback": "".join(traceback.format_exception(error)),
+            },
+            indent=2,
+        )
+    )
+    log.error("Job failed (fail_soft=true, the sweep goes on): %s: %s", type(error).__name__, error)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("fail_soft") and is_rank_zero():
+        with isolated_job():
+            try:
+                return objective(cfg, train(cfg))
+            except Exception as e:  # noqa: BLE001 - any failure of this job is recorded, not raised
+                record_failure(cfg, e)
+                return None
     with user_errors(), isolated_job():
         return objective(cfg, train(cfg))
 

@@ -27,6 +27,8 @@ class GenerativeModel(pl.LightningModule):
     default_monitor: str | None = "val/loss"
     #: DDP must look for parameters a backward pass did not reach (the GAN's D step leaves G out)
     ddp_find_unused_parameters: bool = False
+    #: whether ``sample()`` accepts ``sampler=`` (several ways to sample: the DDPM)
+    supports_samplers: bool = False
 
     def __init__(self, channels: int, image_size: int, sample_batch_size: int = 256) -> None:
         super().__init__()
@@ -90,6 +92,6 @@ class GenerativeModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genbench"] = {"family": self.family, "version": __version__, "config": self.genbench_config}
 
-    @staticmethod
-    def num_parameters(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
+    def num_parameters(self) -> int:
+        """Trainable parameters (the DDPM's EMA copy and fixed buffers are not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

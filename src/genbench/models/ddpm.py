@@ -22,6 +22,7 @@ from genbench.models.ema import EMA
 class DDPM(GenerativeModel):
     family = "ddpm"
     default_monitor = "val/loss_ema"
+    supports_samplers = True
 
     def __init__(
         self,

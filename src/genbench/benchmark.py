@@ -1,0 +1,156 @@
+"""``genbench-benchmark``: train every family under one budget, evaluate them with one protocol,
+write one report.
+
+    genbench-benchmark                           # budget=cpu: Fashion-MNIST, 2 CPU cores, < 20 min
+    genbench-benchmark budget=full seeds=[0,1,2] launcher=slurm
+    genbench-benchmark budget=cpu families=[gan,vae]
+
+The training jobs are Hydra multiruns of ``genbench-train`` (``experiment=<budget.experiment>_<family>``,
+``seed=...``), one per family so that a family whose config or training breaks cannot take the
+others down (its jobs record ``failed.json``; the report marks it failed). With the basic launcher
+the families run one after another (they share the machine, and timing must be fair); with a
+submitit launcher (``launcher=local`` or ``slurm``) the family sweeps are submitted together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from genbench import CONFIG_DIR, PROJECT_ROOT, GenbenchError
+from genbench.config import print_config_tree, user_errors
+from genbench.report.build import write_report
+from genbench.report.collect import RunResult, find_runs
+
+log = logging.getLogger("genbench.benchmark")
+
+
+def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]:
+    experiment = f"{cfg.budget.experiment}_{family}"
+    if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
+        raise GenbenchError(
+            f"budget '{cfg.budget.name}' has no experiment for family '{family}' (conf/experiment/{experiment}.yaml). "
+            f"Choose families from those with a conf/experiment/{cfg.budget.experiment}_<family>.yaml."
+        )
+    cmd = [sys.executable, "-m", "genbench.train", "-m", f"experiment={experiment}",
+           "seed=" + ",".join(str(s) for s in cfg.seeds), f"hydra.sweep.dir={sweep_dir}", "print_config=false",
+           "fail_soft=true"]
+    if cfg.launcher:
+        cmd.append(f"hydra/launcher={cfg.launcher}")
+    if cfg.wandb:
+        cmd += ["logger=[csv,wandb]", f"logger.wandb.group={sweep_dir.parent.parent.name}"]
+    cmd += list(cfg.budget.get("train_overrides") or []) + list(cfg.train_overrides or [])
+    cmd += list((cfg.family_overrides or {}).get(family) or [])
+    return cmd
+
+
+def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, int]:
+    """Launch one multirun per family; returns each family's exit status."""
+    procs: dict[str, subprocess.Popen] = {}
+    status: dict[str, int] = {}
+    parallel = bool(cfg.launcher)  # submitit launchers: the cluster runs them side by side
+    for family in cfg.families:
+        sweep_dir = out_dir / "runs" / family
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        cmd = training_command(cfg, family, sweep_dir)
+        log.info("Training %s: %s", family, " ".join(cmd[2:]))
+        logf = open(sweep_dir / "launcher.log", "w")  # noqa: SIM115 - closed when the process ends
+        procs[family] = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=logf, stderr=subprocess.STDOUT)
+        procs[family].logf = logf  # type: ignore[attr-defined]
+        if not parallel:
+            status[family] = _finish(procs.pop(family), family, sweep_dir)
+    for family, proc in procs.items():
+        status[family] = _finish(proc, family, out_dir / "runs" / family)
+    return status
+
+
+def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path) -> int:
+    rc = proc.wait()
+    proc.logf.close()  # type: ignore[attr-defined]
+    has_runs = any(c.is_dir() and (c / ".hydra").is_dir() for c in sweep_dir.iterdir())
+    if rc != 0 and not has_runs:
+        # The sweep died before any job started (a broken config): record it like a failed job.
+        tail = (sweep_dir / "launcher.log").read_text().strip().splitlines()[-15:]
+        lines = [ln.strip() for ln in tail if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+        error = " / ".join(lines[-5:]) if lines else f"the training sweep exited with status {rc} before any job started"
+        (sweep_dir / "failed").mkdir(exist_ok=True)
+        (sweep_dir / "failed" / "failed.json").write_text(json.dumps(
+            {"family": family, "seed": None, "error": error, "type": "LaunchError", "log_tail": tail}, indent=2))
+    log.info("%s: training jobs finished with exit status %d", family, rc)
+    return rc
+
+
+def real_floor(runs: list[RunResult]) -> tuple[dict[str, Any] | None, Any]:
+    """FID & co. of real training images against the real test split, with the same extractor,
+    sample count and settings as the runs: the best score any model could hope for at this n."""
+    from hydra.utils import instantiate
+
+    from genbench.metrics import Evaluator, MetricsConfig
+
+    ok = [r for r in runs if r.status == "ok" and r.config.get("callbacks", {}).get("evaluation")]
+    if not ok:
+        return None, None
+    conf = ok[0].config
+    ev = conf["callbacks"]["evaluation"]
+    datamodule = instantiate(conf["data"])
+    metrics_cfg = MetricsConfig.from_mapping(ev.get("metrics"))
+    metrics_cfg.num_samples = ev["num_samples"]
+    evaluator = Evaluator.for_datamodule(datamodule, metrics_cfg, cache_dir=ev.get("cache_dir"))
+    train_images = datamodule.real_images("train")[: ev["num_samples"]]
+    return evaluator.evaluate(train_images), datamodule
+
+
+def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / "benchmark_config.yaml", resolve=True)
+    for family in cfg.families:  # fail before any training if a family is unknown to the budget
+        training_command(cfg, family, out_dir)
+    status = run_training(cfg, out_dir)
+    runs = find_runs([out_dir / "runs" / f for f in cfg.families])
+    floor, datamodule = real_floor(runs) if cfg.floor else (None, None)
+    real_grid = None
+    if datamodule is not None:
+        from genbench.callbacks.sample_grid import save_grid
+        from genbench.data import to_unit_range
+
+        real_grid = save_grid(to_unit_range(datamodule.real_images("test")[:64]), out_dir / "real.png")
+    wandb_run = None
+    if cfg.wandb:
+        import wandb
+
+        from genbench.config import wandb_has_credentials
+
+        wandb_run = wandb.init(project=cfg.wandb_project, group=out_dir.name, job_type="benchmark-report",
+                               dir=str(out_dir), mode="online" if wandb_has_credentials() else "offline",
+                               config=OmegaConf.to_container(cfg, resolve=True))
+    report = write_report(
+        runs, out_dir, title=f"genbench benchmark — budget '{cfg.budget.name}'", floor=floor, real_grid=real_grid,
+        context={"budget": OmegaConf.to_container(cfg.budget, resolve=True),
+                 "config": OmegaConf.to_container(cfg, resolve=True), "exit_status": status},
+        wandb_run=wandb_run,
+    )
+    if wandb_run is not None:
+        wandb_run.finish()
+    print(report["paths"]["md"].read_text())
+    print(f"Report: {report['paths']['html']}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        if cfg.get("print_config"):
+            print_config_tree(cfg, order=("budget", "families", "seeds", "launcher"))
+        run_benchmark(cfg)
+
+
+if __name__ == "__main__":
+    main()

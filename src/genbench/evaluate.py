@@ -1,0 +1,237 @@
+"""``genbench-eval``: metrics of a checkpoint, or of one image source against another.
+
+genbench-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+genbench-eval ckpt_path=... metrics.num_samples=2000 sampler=ddim sampler.steps=50
+genbench-eval data=fashion_mnist input1=data:test:0-5000 input2=data:test:5000-   # real-vs-real floor
+genbench-eval data=fashion_mnist input1=/path/to/png/folder                            # a folder vs the test split
+
+A checkpoint carries its model and data config, so any family evaluates without more flags. The
+result is appended to ``metrics.json`` beside the checkpoint (``latest`` + ``history``: an earlier
+evaluation, e.g. with another sampler or sample count, is never overwritten).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genbench import CONFIG_DIR, GenbenchError
+from genbench.config import build, user_errors
+from genbench.metrics.cache import atomic_write_json, read_json
+from genbench.metrics.extractors import resolve_extractor
+from genbench.metrics.fidelity import Evaluator, MetricsConfig, check_images, sample_uint8
+
+log = logging.getLogger("genbench.evaluate")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: data:<split> or data:<split>:<start>-<stop> (either bound may be left out); no brackets, so no
+#: quoting is needed on a Hydra command line
+_DATA_SOURCE = re.compile(r"^data:(?P<split>\w+)(?::(?P<start>\d*)-(?P<stop>\d*))?$")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def describe_sampler(model: Any, sampler: Any) -> dict[str, Any] | None:
+    """What drew the samples, recorded with the metrics (DDPM only; other families have none)."""
+    s = sampler if sampler is not None else getattr(model, "sampler", None)
+    if s is None:
+        return None
+    out: dict[str, Any] = {"name": getattr(s, "name", type(s).__name__)}
+    for attr in ("steps", "eta", "variance"):
+        if hasattr(s, attr):
+            out[attr] = getattr(s, attr)
+    return out
+
+
+def append_result(path: Path, result: dict[str, Any]) -> None:
+    """Add ``result`` to the json at ``path`` as ``latest`` and at the end of ``history``."""
+    previous = read_json(path)
+    history = previous.get("history", []) if isinstance(previous, dict) else []
+    if previous is not None and not isinstance(previous, dict):
+        path.rename(path.with_suffix(f".unreadable-{int(time.time())}.json"))
+    atomic_write_json(path, {"latest": result, "history": [*history, result]})
+
+
+def load_image_folder(folder: str | Path) -> torch.Tensor:
+    """Every image under ``folder`` (recursive, sorted) as uint8 N×C×H×W; all must share one size."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise GenbenchError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}.")
+    arrays = []
+    for p in files:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("L" if im.mode in ("1", "L", "I", "I;16") else "RGB"))
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise GenbenchError(f"Images under {folder} have different shapes {sorted(shapes)[:3]}...; resize them first.")
+    return torch.from_numpy(np.stack(arrays)).contiguous()
+
+
+def _datamodule(cfg: DictConfig, ckpt_data: dict[str, Any] | None = None) -> Any | None:
+    data_cfg = cfg.get("data") or ckpt_data
+    if not data_cfg:
+        return None
+    dm = build(data_cfg, "datamodule")
+    dm.setup()
+    return dm
+
+
+def load_source(
+    source: str, datamodule: Any | None, num_samples: int, seed: int, device: torch.device
+) -> tuple[torch.Tensor, str]:
+    """An image source -> (uint8 images, label): ``data:<split>[:<start>-<stop>]``, a folder or a .ckpt."""
+    m = _DATA_SOURCE.match(source)
+    if m:
+        if datamodule is None:
+            raise GenbenchError(f"Source {source} needs a dataset: add data=<name> (e.g. data=fashion_mnist).")
+        images = datamodule.real_images(m["split"])
+        if m["start"] is not None:
+            start = int(m["start"]) if m["start"] else None
+            stop = int(m["stop"]) if m["stop"] else None
+            images = images[start:stop]
+        return images, f"{datamodule.name}:{source[5:]}"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_image_folder(path), str(path)
+    if path.suffix == ".ckpt":
+        from genbench.models import load_model_from_checkpoint
+
+        model = load_model_from_checkpoint(path, device)
+        return sample_uint8(model, num_samples, torch.Generator().manual_seed(seed)), str(path)
+    raise GenbenchError(
+        f"Unknown image source '{source}': use data:<split> (optionally a range: data:test:0-5000), a folder of "
+        "images, or a .ckpt file."
+    )
+
+
+def _match(images: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """Bring a folder's images to the reference's channels and size (as the datamodules do)."""
+    from genbench.data.base import fit_channels, fit_size
+
+    if tuple(images.shape[1:]) == tuple(shape):
+        return images
+    log.warning("Converting %s images from %s to %s.", what, tuple(images.shape[1:]), tuple(shape))
+    if images.shape[-1] != images.shape[-2]:
+        raise GenbenchError(f"The {what} images are not square ({tuple(images.shape[-2:])}); crop them first.")
+    return fit_channels(fit_size(images, shape[-1]), shape[0])
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    from genbench.models import checkpoint_family, load_model_from_checkpoint, read_checkpoint
+
+    ckpt_path = Path(str(cfg.ckpt_path)).expanduser()
+    ckpt = read_checkpoint(ckpt_path)
+    checkpoint_family(ckpt, ckpt_path)
+    ckpt_cfg = ckpt["genbench"].get("config") or {}
+    if not cfg.get("data") and not ckpt_cfg.get("data"):
+        raise GenbenchError(f"{ckpt_path} carries no data config; pass data=<dataset> to say what it was trained on.")
+    device = _device(cfg.device)
+    model = load_model_from_checkpoint(ckpt_path, device)
+    datamodule = _datamodule(cfg, ckpt_cfg.get("data"))
+    if tuple(model.image_shape) != tuple(datamodule.image_shape):
+        raise GenbenchError(
+            f"The checkpoint's model makes {model.image_shape} images but the data gives {datamodule.image_shape}."
+        )
+    mcfg = MetricsConfig.from_mapping(cfg.metrics)
+    evaluator = Evaluator.for_datamodule(datamodule, mcfg, cache_dir=cfg.paths.cache_dir)
+    sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else None
+    if sampler is not None and model.family != "ddpm":
+        log.warning("sampler=%s is ignored: a %s has no sampler.", getattr(sampler, "name", sampler), model.family)
+        sampler = None
+    kwargs = {"sampler": sampler} if sampler is not None else {}
+    log.info("Drawing %d samples from %s (%s)...", mcfg.num_samples, ckpt_path, model.family)
+    start = time.perf_counter()
+    generated = sample_uint8(model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, **kwargs)
+    sampling_seconds = time.perf_counter() - start
+    result = evaluator.evaluate(generated)
+    result.update(
+        ckpt=ckpt_path.name,
+        family=model.family,
+        epoch=ckpt.get("epoch"),
+        global_step=ckpt.get("global_step"),
+        sampler=describe_sampler(model, sampler),
+        seed=cfg.seed,
+        sampling_seconds=round(sampling_seconds, 2),
+        sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
+        evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return result, Path(cfg.output) if cfg.get("output") else ckpt_path.parent / "metrics.json"
+
+
+def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    mcfg = MetricsConfig.from_mapping(cfg.metrics)
+    datamodule = _datamodule(cfg)
+    device = _device(cfg.device)
+    input2 = cfg.get("input2") or f"data:{mcfg.split}"
+    real, real_label = load_source(str(input2), datamodule, mcfg.num_samples, cfg.seed + 1, device)
+    generated, gen_label = load_source(str(cfg.input1), datamodule, mcfg.num_samples, cfg.seed, device)
+    real = check_images(real, "input2")
+    generated = _match(check_images(generated, "input1"), tuple(real.shape[1:]), "input1")
+    if datamodule is None and mcfg.extractor != "inception-v3-compat" and mcfg.extractor_path is None:
+        raise GenbenchError(
+            "Without a dataset there is no in-domain extractor: add data=<name>, or metrics.extractor_path=<file>, "
+            "or metrics.extractor=inception-v3-compat."
+        )
+    spec = resolve_extractor(
+        mcfg.extractor,
+        datamodule,
+        cfg.paths.cache_dir,
+        inception_weights=mcfg.inception_weights,
+        extractor_path=mcfg.extractor_path,
+        train_if_missing=mcfg.train_extractor,
+        train_kwargs=dict(mcfg.extractor_training),
+    )
+    name, _, split = real_label.partition(":")
+    evaluator = Evaluator(real, spec, mcfg, cache_dir=cfg.paths.cache_dir, dataset=name, split=split or "custom")
+    result = evaluator.evaluate(generated)
+    result.update(input1=gen_label, input2=real_label, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return result, Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "metrics.json"
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation the config asks for and append the result to its metrics.json."""
+    if cfg.get("input1"):
+        result, out = compare_sources(cfg)
+    elif cfg.get("ckpt_path"):
+        result, out = evaluate_checkpoint(cfg)
+    else:
+        raise GenbenchError(
+            "Nothing to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt, or input1=<source> "
+            "[input2=<source>] with sources data:<split>, a folder of images or a .ckpt."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    append_result(out, result)
+    result["metrics_json"] = str(out)
+    shown = {k: result[k] for k in ("fid", "kid_mean", "is_mean", "precision", "recall") if k in result}
+    log.info("%s -> %s", json.dumps(shown), out)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        if cfg.get("print_config"):
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

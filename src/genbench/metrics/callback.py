@@ -1,0 +1,236 @@
+"""Evaluate a model while it trains: sample through the contract, compute metrics, log them.
+
+The callback knows nothing of the family it evaluates: it calls ``pl_module.sample(n, generator,
+**sample_kwargs)`` (plus ``sampler=`` when one is configured; GAN and VAE ignore it, the DDPM uses
+it with its EMA weights) and hands the images to :class:`~genbench.metrics.fidelity.Evaluator`.
+
+Where it runs: at the end of every ``every_n_epochs``-th epoch -- inside the epoch's final
+validation when there is one, so that ``ModelCheckpoint(monitor="eval/fid")`` (which saves at
+validation end) sees the fresh value; otherwise at train-epoch end -- and/or every
+``every_n_train_steps`` steps, and once more at the end of training unless the last evaluation
+was already at the final step.
+
+Under DDP each rank draws its share of the samples with its own fixed generator, the shares are
+gathered, rank 0 computes (torch-fidelity has no DDP support) and broadcasts the result, so every
+rank logs the same values. Nothing of the training state changes: RNG streams (torch CPU/CUDA,
+numpy, random) and every submodule's train/eval flag are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from genbench import GenbenchError
+from genbench.metrics.cache import atomic_write_json
+from genbench.metrics.fidelity import RESULT_NAMES, Evaluator, MetricsConfig, sample_uint8
+
+log = logging.getLogger("genbench.metrics")
+
+PREFIX = "eval/"
+
+
+@contextmanager
+def preserved_training_state(module: torch.nn.Module) -> Iterator[None]:
+    """Restore all RNG streams and each submodule's train/eval flag after the block, so an
+    evaluation cannot change what training does next (same batches, same dropout masks)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    modes = [(m, m.training) for m in module.modules()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            for m, training in modes:
+                m.training = training
+
+
+class EvaluationCallback(pl.Callback):
+    """Periodic FID / KID / IS / precision-recall during training, logged as ``eval/<metric>``.
+
+    Args:
+        num_samples: images drawn per evaluation (split across DDP ranks).
+        every_n_epochs: evaluate after every n-th epoch (null/0: never by epoch).
+        every_n_train_steps: evaluate every n optimizer steps (null/0: never by step).
+        at_train_end: evaluate the final model too (skipped when the last evaluation already saw it).
+        seed: the sampling generator's seed: every evaluation sees the same latent noise.
+        sampler: a DDPM sampler object (e.g. DDIM with few steps for CPU runs); null: the model's.
+        sample_kwargs: more keyword arguments for ``sample()``.
+        metrics: the ``metrics`` settings (see ``MetricsConfig``); ``num_samples`` here wins.
+        cache_dir: where the in-domain extractor and the real statistics are cached.
+        output_dir: run directory; results are appended to ``<output_dir>/eval/metrics.jsonl``.
+        skip_fast_dev_run: do nothing under ``fast_dev_run`` (a wiring check, not a measurement).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        every_n_epochs: int | None = 1,
+        every_n_train_steps: int | None = None,
+        at_train_end: bool = True,
+        seed: int = 1234,
+        sampler: Any = None,
+        sample_kwargs: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | MetricsConfig | None = None,
+        cache_dir: str | None = None,
+        output_dir: str | None = None,
+        skip_fast_dev_run: bool = True,
+    ) -> None:
+        if num_samples < 2:
+            raise GenbenchError(f"The evaluation callback needs num_samples >= 2, got {num_samples}.")
+        self.cfg = MetricsConfig.from_mapping(metrics)
+        self.cfg.num_samples = num_samples
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs or 0
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.at_train_end = at_train_end
+        self.seed = seed
+        self.sample_kwargs = dict(sample_kwargs or {})
+        if sampler is not None:
+            self.sample_kwargs["sampler"] = sampler
+        self.cache_dir = cache_dir
+        self.output_dir = output_dir
+        self.skip_fast_dev_run = skip_fast_dev_run
+        self.evaluator: Evaluator | None = None
+        self.last_result: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._last_step = -1
+
+    # --- when ----------------------------------------------------------------------------------
+    def _active(self, trainer: pl.Trainer) -> bool:
+        return not trainer.sanity_checking and not (self.skip_fast_dev_run and trainer.fast_dev_run)
+
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        return self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Only the validation that closes an epoch (not mid-epoch val_check_interval runs).
+        last_batch = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", True)
+        if trainer.state.fn == "fit" and self._active(trainer) and self._epoch_due(trainer) and last_batch:
+            self._run(trainer, pl_module, can_log=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active(trainer) and self._epoch_due(trainer):  # epochs without a validation run
+            self._run(trainer, pl_module, can_log=True)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n = self.every_n_train_steps
+        if n > 0 and self._active(trainer) and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._run(trainer, pl_module, can_log=True)
+
+    def evaluate_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluate at a point chosen by another callback (TrainingBudget's fractions of the budget)."""
+        if self._active(trainer):
+            self._run(trainer, pl_module, can_log=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_train_end and self._active(trainer):
+            self._run(trainer, pl_module, can_log=False, final=True)
+
+    # --- what ----------------------------------------------------------------------------------
+    def _evaluator(self, trainer: pl.Trainer) -> Evaluator:
+        if self.evaluator is None:
+            datamodule = trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "real_images"):
+                raise GenbenchError(
+                    "The evaluation callback needs a genbench ImageDataModule (trainer.fit(model, datamodule=...))."
+                )
+            self.evaluator = Evaluator.for_datamodule(datamodule, self.cfg, cache_dir=self.cache_dir)
+        return self.evaluator
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, can_log: bool, final: bool = False) -> None:
+        if trainer.global_step == self._last_step:  # the model has not changed since the last evaluation
+            if final and self.last_result is not None:
+                self._write(trainer, {**self.last_result, "final": True}, "final.json", append=False)
+            return
+        self._last_step = trainer.global_step
+        start = time.perf_counter()
+        result = self.evaluate(trainer, pl_module)
+        result.update(
+            epoch=trainer.current_epoch, step=trainer.global_step, seconds=round(time.perf_counter() - start, 2)
+        )
+        for cb in trainer.callbacks:  # e.g. TrainingBudget: images seen and pure training seconds so far
+            if hasattr(cb, "training_progress"):
+                result.update(cb.training_progress())
+        self.last_result = result
+        self.history.append(result)
+        scalars = self.scalars(result)
+        if can_log:
+            for name, value in scalars.items():
+                pl_module.log(name, value, prog_bar=name == f"{PREFIX}fid", sync_dist=False)
+        else:  # on_train_end: self.log is not allowed; go to the loggers directly
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        if trainer.is_global_zero:
+            if len(self.history) == 1:
+                for logger in trainer.loggers:
+                    logger.log_hyperparams(
+                        {f"{PREFIX}extractor": result.get("extractor"), f"{PREFIX}real": result.get("real")}
+                    )
+            self._write(trainer, result, "final.json" if final else None)
+            shown = ", ".join(f"{k.removeprefix(PREFIX)}={v:.4g}" for k, v in scalars.items())
+            log.info(
+                "Evaluation at step %d (%s, n=%d): %s",
+                trainer.global_step,
+                result.get("extractor"),
+                result["num_samples"],
+                shown,
+            )
+
+    @staticmethod
+    def scalars(result: Mapping[str, Any]) -> dict[str, float]:
+        keys = [*RESULT_NAMES.values(), "num_samples"]
+        return {f"{PREFIX}{k}": float(result[k]) for k in keys if k in result}
+
+    def _write(self, trainer: pl.Trainer, result: dict[str, Any], name: str | None, append: bool = True) -> None:
+        """Append to ``eval/metrics.jsonl`` (the history) and refresh ``latest.json`` / ``final.json``."""
+        if not trainer.is_global_zero:
+            return
+        out = Path(self.output_dir or trainer.default_root_dir) / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        if append:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+        atomic_write_json(out / (name or "latest.json"), result)
+        if name is not None:
+            atomic_write_json(out / "latest.json", result)
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Sample (split across ranks), gather, compute on rank 0, broadcast. Collective: every
+        rank must call it."""
+        world, rank = trainer.world_size, trainer.global_rank
+        n_local = math.ceil(self.num_samples / world)
+        with preserved_training_state(pl_module):
+            generator = torch.Generator(device="cpu").manual_seed(self.seed + 7919 * rank)
+            images = sample_uint8(pl_module, n_local, generator, **self.sample_kwargs)
+            if world > 1:
+                gathered = trainer.strategy.all_gather(images.to(pl_module.device))
+                images = gathered.reshape(-1, *images.shape[1:])[: self.num_samples].cpu()
+            result: dict[str, Any] | None = None
+            if trainer.is_global_zero:
+                try:
+                    result = self._evaluator(trainer).evaluate(images)
+                except GenbenchError as e:
+                    result = {"error": str(e)}
+            if world > 1:
+                result = trainer.strategy.broadcast(result, src=0)
+        assert result is not None
+        if "error" in result:
+            raise GenbenchError(f"Evaluation callback: {result['error']}")
+        return result

@@ -1,0 +1,182 @@
+"""Against a real single-node SLURM (scripts/slurm_local.sh): Hydra multiruns submitted through
+hydra/launcher=slurm, a DDP job spread over two SLURM tasks, a requeued job that resumes from
+its checkpoint, and the checks that refuse bad requests before submission.
+
+The session fixture brings the cluster up (as root; skips with the script's reason where it
+cannot) and down again. Every test uses its own sweep directory (and so submitit folder)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+from genbench import PROJECT_ROOT, GenbenchError
+from genbench.cluster import check_launcher
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = PROJECT_ROOT / "scripts" / "slurm_local.sh"
+QUIET = ["data=synthetic", "debug=fast", "print_config=false", "callbacks.progress_bar=null",
+         "callbacks.model_summary=null", "callbacks.sample_grid=null"]
+# One CPU and 1 GB per task: the local node has 2 CPUs, so two jobs (or one 2-task job) run at once.
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+    if up.returncode == 2:
+        pytest.skip(f"no local SLURM: {up.stderr.strip().splitlines()[-1]}")
+    assert up.returncode == 0, f"slurm_local.sh up failed:\n{up.stderr[-3000:]}"
+    conf = re.search(r"SLURM_CONF=(\S+)", up.stdout)
+    assert conf, up.stdout
+    env = {"SLURM_CONF": conf.group(1)}
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = env["SLURM_CONF"]  # for in-process sinfo/squeue/scontrol
+    try:
+        yield env
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, text=True, timeout=120)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def squeue(*args: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, timeout=30, check=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def steps(run: Path, key: str = "train/loss") -> list[int]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def job_ids(sweep: Path) -> list[str]:
+    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+
+
+def test_multirun_of_two_trainings_through_slurm(slurm: dict[str, str], tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "seed=1,2", *SLURM,
+                  f"hydra.sweep.dir={sweep}", env=slurm, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(tasks) == 2  # two SLURM jobs (an array of two)
+    val = {}
+    for num, seed in (("0", 1), ("1", 2)):
+        run = sweep / num
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert ckpt["global_step"] == 6
+        assert ckpt["genbench"]["config"]["seed"] == seed
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["global_step"] == 6
+        assert steps(run) == list(range(6))
+        val[seed] = metrics["val/loss"]
+    assert val[1] != val[2]
+    logs = [p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out")]
+    assert len(logs) == 2 and all("Job completed successfully" in log for log in logs)
+    # the jobs ran under SLURM: submitit recorded the SLURM job environment
+    assert all(re.search(r"JobEnvironment\(job_id=\d+_\d", log) for log in logs)
+
+
+def test_ddp_job_runs_one_slurm_task_per_device(slurm: dict[str, str], tmp_path: Path) -> None:
+    """trainer=ddp_cpu (devices=2) -> tasks_per_node=2; Lightning's SLURMEnvironment makes them ranks."""
+    sweep = tmp_path / "sweep"
+    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "trainer=ddp_cpu",
+                  "callbacks.ddp_sync_check=null", *SLURM, f"hydra.sweep.dir={sweep}", env=slurm, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (job,) = job_ids(sweep)
+    outs = {int(p.name.split("_")[1]): p.read_text() + p.with_suffix(".err").read_text()
+            for p in (sweep / ".submitit" / job).glob("*_log.out")}
+    assert sorted(outs) == [0, 1]  # two SLURM tasks
+    for rank, text in outs.items():
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text, text[-2000:]
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    # 6 optimizer steps, each on a batch per rank; written once, by rank 0
+    assert metrics["global_step"] == 6
+    assert steps(sweep / "0") == list(range(6))
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_path: Path) -> None:
+    """The time-limit path: SLURM sends USR2 (what --signal=USR2@signal_delay_s delivers before the
+    time limit) to a running training; it saves last.ckpt at the next step, requeues through
+    submitit and the rerun (SLURM_RESTART_COUNT=1) continues from that step, logging each step once."""
+    sweep, max_steps = tmp_path / "sweep", 80
+    run = sweep / "0"
+    args = ["-m", "model=vae", *QUIET, *TINY["vae"], f"trainer.max_steps={max_steps}", "trainer.max_epochs=100",
+            "trainer.limit_train_batches=10", "+logger.csv.flush_logs_every_n_steps=1", *SLURM,
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **slurm}
+    hydra = subprocess.Popen([sys.executable, "-m", "genbench.train", *args], cwd=PROJECT_ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and hydra.poll() is None:  # training is under way
+            if (run / "csv" / "metrics.csv").is_file() and len(steps(run)) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the job never started training:\n{hydra.communicate(timeout=60)[0][-3000:]}")
+        (job,) = job_ids(sweep)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+        # requeued jobs are held ~cred_expire seconds (BeginTime); release it once it is pending
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and squeue("-j", job, "-o", "%T") != ["PENDING"]:
+            time.sleep(0.3)
+        assert squeue("-j", job, "-o", "%T") == ["PENDING"], "the job was not requeued"
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+        out, _ = hydra.communicate(timeout=240)
+    finally:
+        if hydra.poll() is None:
+            hydra.kill()
+    assert hydra.returncode == 0, out[-3000:]
+
+    log = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_log.*"))
+    saved = int(re.search(r"Saved \S+last\.ckpt at step (\d+); requeueing", log).group(1))
+    assert "Requeued job" in log and "SLURM restart 1 of this job" in log
+    kept = int(re.search(r"kept \d+ rows before step (\d+)", log).group(1))
+    assert 0 < kept == saved < max_steps  # caught mid-training, resumed from exactly that step
+    assert "Job completed successfully" in log and "SLURM restart 2" not in log
+    # no step lost, none logged twice: the CSV log is one uninterrupted run's
+    assert steps(run) == list(range(max_steps))
+    assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == max_steps
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == max_steps
+
+
+def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    before = squeue("-o", "%i")
+    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, "seed=1,2", *SLURM,
+                  "hydra.launcher.partition=no_such_partition", f"hydra.sweep.dir={sweep}", env=slurm, timeout=120)
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("genbench: error:")]
+    assert len(errors) == 1 and "no partition 'no_such_partition'" in errors[0] and "debug" in errors[0]
+    assert not (sweep / ".submitit").exists() and squeue("-o", "%i") == before  # nothing was submitted
+
+    from test_sweeps import compose_with_hydra
+
+    for overrides, message in (
+        (["trainer=gpu"], r"1 GPU\(s\) per node but nodes of the default partition have at most 0"),
+        (["hydra.launcher.partition=debug", "hydra.launcher.mem_gb=4096"], "mem_gb=4096 is more than"),
+        (["trainer=ddp_cpu", "trainer.devices=8"], "CPUs per node"),
+    ):
+        cfg = compose_with_hydra(["hydra/launcher=slurm", "data=synthetic", *overrides])
+        with pytest.raises(GenbenchError, match=message):
+            check_launcher(cfg)
+    check_launcher(compose_with_hydra(["hydra/launcher=slurm", "data=synthetic", "hydra.launcher.partition=debug",
+                                       "hydra.launcher.mem_gb=1"]))

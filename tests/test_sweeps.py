@@ -1,0 +1,232 @@
+"""Sweeps without a cluster: Optuna searches, the submitit local launcher, the launcher checks
+that run before submission, and resume details (CSV history, W&B run id) that requeued jobs use."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from conftest import TINY, run_cli
+from genbench import CONFIG_DIR, GenbenchError
+from genbench.cluster import check_launcher
+from genbench.train import train
+
+QUIET = ["data=synthetic", "debug=fast", "print_config=false", "callbacks.progress_bar=null",
+         "callbacks.model_summary=null", "callbacks.sample_grid=null"]
+
+
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    """The composed config *with* its hydra node, resolved as the launcher would see it."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train_steps(run: Path, key: str = "train/loss") -> list[int]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get(key)]
+
+
+# --- Optuna ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "metric"), [("gan", "val/g_loss"), ("vae", "val/loss"), ("ddpm", "val/loss_ema")])
+def test_hparams_search_configs_compose_and_name_a_logged_metric(family: str, metric: str) -> None:
+    cfg = compose_with_hydra([f"hparams_search={family}_optuna", "data=synthetic"])
+    assert cfg.model._target_ == f"genbench.models.{family.upper()}"
+    assert cfg.optimized_metric == metric
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == "minimize"
+    for key in cfg.hydra.sweeper.params:  # every searched key exists in the model config
+        node = cfg
+        for part in key.split("."):
+            assert part in node, f"{key} is not a config key of model={family}"
+            node = node[part]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = run_cli("genbench.train", "hparams_search=vae_optuna", *QUIET, *TINY["vae"][:2],
+                  "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert set(results["best_params"]) == {"model.optimizer.lr", "model.latent_dim", "model.beta"}
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in trials] == ["0", "1"]
+    values = [json.loads((p / "metrics.json").read_text())["val/loss"] for p in trials]
+    assert all(math.isfinite(v) for v in values)
+    assert results["best_value"] == pytest.approx(min(values))  # the sweeper got what train returned
+    # the trials really differ: the sampler chose different hyperparameters
+    sampled = [{o.split("=")[0]: o.split("=")[1] for o in yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text())}
+               for p in trials]
+    assert all("model.optimizer.lr" in s and "model.beta" in s for s in sampled)
+    assert sampled[0]["model.optimizer.lr"] != sampled[1]["model.optimizer.lr"]
+
+
+# --- submitit local launcher --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_local_launcher_multirun_runs_two_jobs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "seed=1,2", "hydra/launcher=local",
+                  f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = {}
+    for num, seed in (("0", 1), ("1", 2)):
+        run = sweep / num
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())
+        assert cfg["seed"] == seed
+        metrics[seed] = json.loads((run / "metrics.json").read_text())
+        assert metrics[seed]["global_step"] == 6
+    assert metrics[1]["val/loss"] != metrics[2]["val/loss"]
+    # each job ran in its own submitit process, with its own log
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2
+    assert all("Job completed successfully" in p.read_text() for p in logs)
+
+
+# --- checks before submission ---------------------------------------------------------------------
+
+
+def test_slurm_launcher_request_follows_the_trainer() -> None:
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=ddp_cpu", "trainer.num_nodes=2", "data=synthetic"])
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == 2 and launcher.nodes == 2
+    assert launcher.gpus_per_node is None and launcher.cpus_per_task == 1
+    assert launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0
+    gpu = compose_with_hydra(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "data=synthetic"])
+    assert gpu.hydra.launcher.tasks_per_node == 4 and gpu.hydra.launcher.gpus_per_node == 4
+
+
+def test_slurm_launcher_partition_account_qos_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SBATCH_PARTITION", "gpu-long")
+    monkeypatch.setenv("SBATCH_ACCOUNT", "lab")
+    monkeypatch.delenv("SBATCH_QOS", raising=False)
+    launcher = compose_with_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert (launcher.partition, launcher.account, launcher.qos) == ("gpu-long", "lab", None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer=gpu", "trainer.devices=4", "hydra.launcher.gpus_per_node=2"], "more GPUs per node than the job"),
+        (["trainer=ddp"], "cannot size a SLURM request"),
+        (["trainer=ddp_cpu", "hydra.launcher.tasks_per_node=1"], "one task per device"),
+        (["trainer.num_nodes=2", "hydra.launcher.nodes=1"], "trainer.num_nodes=2"),
+        (["trainer=gpu", "hydra.launcher.gpus_per_node=0"], "asks for no GPUs"),
+    ],
+)
+def test_inconsistent_slurm_request_is_refused(overrides: list[str], message: str) -> None:
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "data=synthetic", *overrides])
+    with pytest.raises(GenbenchError, match=message):
+        check_launcher(cfg)
+
+
+def test_missing_submitit_is_one_clear_error_before_anything_runs(tmp_path: Path) -> None:
+    # A module that fails to import stands in for an environment without submitit.
+    fake = tmp_path / "site"
+    fake.mkdir()
+    (fake / "submitit.py").write_text("raise ImportError(\"No module named 'submitit'\")\n")
+    sweep = tmp_path / "sweep"
+    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, "seed=1,2", "hydra/launcher=local",
+                  f"hydra.sweep.dir={sweep}", env={"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("genbench: error:")]
+    assert len(errors) == 1 and "needs submitit" in errors[0] and "pip install" in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not (sweep / ".submitit").exists() and not (sweep / "0").exists()
+
+
+# --- resume pieces that requeued jobs rely on --------------------------------------------------------
+
+
+class SignalAt(pl.Callback):
+    """Sends this process a signal after a given training step, as SLURM would."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.fit_loop.epoch_loop._batches_that_stepped == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_signal_saves_at_step_boundary_and_resume_logs_each_step_once(train_cfg, tmp_path: Path) -> None:
+    """SlurmRequeue (what a SLURM job gets) on SIGTERM: last.ckpt at the next step, exit; the resumed
+    run's CSV log is identical in steps to an uninterrupted run's (no gap, no duplicate)."""
+    long = ["model=vae", "trainer.max_steps=20", "trainer.max_epochs=10", "trainer.limit_train_batches=8",
+            "callbacks.sample_grid=null"]
+    reference = tmp_path / "reference"
+    train(train_cfg(*long, output_dir=reference))
+
+    run = tmp_path / "run"
+    cfg = train_cfg(*long, output_dir=run)
+    with open_dict(cfg):
+        cfg.callbacks.requeue = {"_target_": "genbench.cluster.SlurmRequeue"}
+        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAt", "step": 5}
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        train(cfg)
+    assert signal.getsignal(signal.SIGTERM) == before  # the job's own handlers are back
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 6
+    assert train_steps(run) == list(range(6))
+
+    metrics = train(train_cfg(*long, "ckpt_path=auto", output_dir=run))
+    assert metrics["global_step"] == 20
+    assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
+    def last_step(r: Path) -> int:
+        return torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+
+    assert last_step(run) == last_step(reference) > 6  # ModelCheckpoint went on writing last.ckpt
+    assert train_steps(run) == train_steps(reference) == list(range(20))
+    assert train_steps(run, "val/loss") == train_steps(reference, "val/loss")
+
+
+def test_resume_drops_log_rows_the_checkpoint_does_not_contain(train_cfg, tmp_path: Path) -> None:
+    """A job killed after its last checkpoint logged steps that the resumed run trains again."""
+    train(train_cfg("model=vae"))  # 6 steps, last.ckpt at step 6
+    run = tmp_path / "run"
+    path = run / "csv" / "metrics.csv"
+    rows = list(csv.DictReader(path.open()))
+    extra = dict(rows[-2], step="6")  # a row of step 6 logged after the checkpoint, then killed
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(extra)
+    train(train_cfg("model=vae", "ckpt_path=auto", "trainer.max_steps=9", "trainer.max_epochs=3"))
+    steps = train_steps(run)
+    assert steps[:6] == list(range(6))  # the history before the checkpoint is kept...
+    assert len(steps) == 9 and steps == sorted(set(steps))  # ...and no step is logged twice
+    # (Lightning numbers the first step after an end-of-epoch checkpoint one higher: a gap, never a repeat)
+    assert steps[6] in (6, 7)
+
+
+def test_wandb_run_resumes_with_the_run_directory(train_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(train_cfg("model=vae", "logger=wandb"))
+    run = tmp_path / "run"
+    run_id = (run / "wandb_run_id").read_text().strip()
+    train(train_cfg("model=vae", "logger=wandb", "ckpt_path=auto", "trainer.max_steps=8", "trainer.max_epochs=3"))
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2
+    assert all(p.name.endswith(f"-{run_id}") for p in offline)  # one W&B run, continued
+    other = tmp_path / "other"
+    train(train_cfg("model=vae", "logger=wandb", output_dir=other))
+    assert (other / "wandb_run_id").read_text().strip() != run_id
