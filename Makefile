@@ -31,8 +31,11 @@ data:
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
 	else echo "warning: Fashion-MNIST not installed; run 'sudo apt-get install dataset-fashion-mnist' (tests that need it will skip)"; fi
 
+# The main job: the three families trained under one budget and compared in one report
+# (outputs/benchmark/<date>_<time>/report.html). BUDGET=full for GPU-sized budgets.
+BUDGET ?= cpu
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/genbench-benchmark budget=$(BUDGET)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

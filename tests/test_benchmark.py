@@ -19,21 +19,38 @@ from genbench.report.leaderboard import METRICS
 def tiny_benchmark(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "report"
     cache = tmp_path_factory.mktemp("cache")
-    r = run_cli("genbench.benchmark", "budget=tiny", "print_config=false", f"hydra.run.dir={out}",
-                f"paths.cache_dir={cache}", f'train_overrides=["paths.cache_dir={cache}"]', timeout=1200)
+    r = run_cli(
+        "genbench.benchmark",
+        "budget=tiny",
+        "print_config=false",
+        f"hydra.run.dir={out}",
+        f"paths.cache_dir={cache}",
+        f'train_overrides=["paths.cache_dir={cache}"]',
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return out
 
 
 def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:
     out = tiny_benchmark
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "report.html", "metrics_vs_time.png",
-                 "metrics_vs_images.png", "quality_vs_steps.png", "quality_vs_cost.png", "samples_side_by_side.png",
-                 "real.png", "benchmark_config.yaml"):
+    for name in (
+        "leaderboard.md",
+        "leaderboard.csv",
+        "leaderboard.json",
+        "report.html",
+        "metrics_vs_time.png",
+        "metrics_vs_images.png",
+        "quality_vs_steps.png",
+        "quality_vs_cost.png",
+        "samples_side_by_side.png",
+        "real.png",
+        "benchmark_config.yaml",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # self-contained: images embedded
-    assert "src=\"http" not in html
+    assert 'src="http' not in html
     assert "git_commit" in html and "torch" in html and "Budget" in html
     rows = json.loads((out / "leaderboard.json").read_text())
     assert [r["family"] for r in rows] == ["gan", "vae", "ddpm", "real vs real (floor)"]
@@ -80,10 +97,15 @@ def test_compare_rebuilds_the_same_leaderboard(tiny_benchmark: Path, tmp_path: P
 def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> None:
     out, cache = tmp_path / "report", tmp_path / "cache"
     r = run_cli(
-        "genbench.benchmark", "budget=tiny", "families=[gan,vae,ddpm]", "print_config=false", "floor=false",
-        f"hydra.run.dir={out}", f'train_overrides=["paths.cache_dir={cache}"]',
-        "+family_overrides.vae=['data.image_size=20']",          # breaks while building: impossible size
-        "+family_overrides.ddpm=['model.no_such_option=1']",     # breaks while composing the config
+        "genbench.benchmark",
+        "budget=tiny",
+        "families=[gan,vae,ddpm]",
+        "print_config=false",
+        "floor=false",
+        f"hydra.run.dir={out}",
+        f'train_overrides=["paths.cache_dir={cache}"]',
+        "+family_overrides.vae=['data.image_size=20']",  # breaks while building: impossible size
+        "+family_overrides.ddpm=['model.no_such_option=1']",  # breaks while composing the config
         timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -27,8 +27,14 @@ from genbench.cluster import check_launcher
 pytestmark = pytest.mark.slurm
 
 SCRIPT = PROJECT_ROOT / "scripts" / "slurm_local.sh"
-QUIET = ["data=synthetic", "debug=fast", "print_config=false", "callbacks.progress_bar=null",
-         "callbacks.model_summary=null", "callbacks.sample_grid=null"]
+QUIET = [
+    "data=synthetic",
+    "debug=fast",
+    "print_config=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "callbacks.sample_grid=null",
+]
 # One CPU and 1 GB per task: the local node has 2 CPUs, so two jobs (or one 2-task job) run at once.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
@@ -70,8 +76,18 @@ def job_ids(sweep: Path) -> list[str]:
 
 def test_multirun_of_two_trainings_through_slurm(slurm: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "seed=1,2", *SLURM,
-                  f"hydra.sweep.dir={sweep}", env=slurm, timeout=300)
+    res = run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        *TINY["vae"],
+        "seed=1,2",
+        *SLURM,
+        f"hydra.sweep.dir={sweep}",
+        env=slurm,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
     assert len(tasks) == 2  # two SLURM jobs (an array of two)
@@ -95,12 +111,25 @@ def test_multirun_of_two_trainings_through_slurm(slurm: dict[str, str], tmp_path
 def test_ddp_job_runs_one_slurm_task_per_device(slurm: dict[str, str], tmp_path: Path) -> None:
     """trainer=ddp_cpu (devices=2) -> tasks_per_node=2; Lightning's SLURMEnvironment makes them ranks."""
     sweep = tmp_path / "sweep"
-    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "trainer=ddp_cpu",
-                  "callbacks.ddp_sync_check=null", *SLURM, f"hydra.sweep.dir={sweep}", env=slurm, timeout=300)
+    res = run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        *TINY["vae"],
+        "trainer=ddp_cpu",
+        "callbacks.ddp_sync_check=null",
+        *SLURM,
+        f"hydra.sweep.dir={sweep}",
+        env=slurm,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (job,) = job_ids(sweep)
-    outs = {int(p.name.split("_")[1]): p.read_text() + p.with_suffix(".err").read_text()
-            for p in (sweep / ".submitit" / job).glob("*_log.out")}
+    outs = {
+        int(p.name.split("_")[1]): p.read_text() + p.with_suffix(".err").read_text()
+        for p in (sweep / ".submitit" / job).glob("*_log.out")
+    }
     assert sorted(outs) == [0, 1]  # two SLURM tasks
     for rank, text in outs.items():
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text, text[-2000:]
@@ -116,12 +145,27 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
     submitit and the rerun (SLURM_RESTART_COUNT=1) continues from that step, logging each step once."""
     sweep, max_steps = tmp_path / "sweep", 80
     run = sweep / "0"
-    args = ["-m", "model=vae", *QUIET, *TINY["vae"], f"trainer.max_steps={max_steps}", "trainer.max_epochs=100",
-            "trainer.limit_train_batches=10", "+logger.csv.flush_logs_every_n_steps=1", *SLURM,
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "model=vae",
+        *QUIET,
+        *TINY["vae"],
+        f"trainer.max_steps={max_steps}",
+        "trainer.max_epochs=100",
+        "trainer.limit_train_batches=10",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        *SLURM,
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **slurm}
-    hydra = subprocess.Popen([sys.executable, "-m", "genbench.train", *args], cwd=PROJECT_ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hydra = subprocess.Popen(
+        [sys.executable, "-m", "genbench.train", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and hydra.poll() is None:  # training is under way
@@ -161,8 +205,18 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
 def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     before = squeue("-o", "%i")
-    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, "seed=1,2", *SLURM,
-                  "hydra.launcher.partition=no_such_partition", f"hydra.sweep.dir={sweep}", env=slurm, timeout=120)
+    res = run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        "seed=1,2",
+        *SLURM,
+        "hydra.launcher.partition=no_such_partition",
+        f"hydra.sweep.dir={sweep}",
+        env=slurm,
+        timeout=120,
+    )
     assert res.returncode == 1
     errors = [line for line in res.stderr.splitlines() if line.startswith("genbench: error:")]
     assert len(errors) == 1 and "no partition 'no_such_partition'" in errors[0] and "debug" in errors[0]
@@ -178,5 +232,8 @@ def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_p
         cfg = compose_with_hydra(["hydra/launcher=slurm", "data=synthetic", *overrides])
         with pytest.raises(GenbenchError, match=message):
             check_launcher(cfg)
-    check_launcher(compose_with_hydra(["hydra/launcher=slurm", "data=synthetic", "hydra.launcher.partition=debug",
-                                       "hydra.launcher.mem_gb=1"]))
+    check_launcher(
+        compose_with_hydra(
+            ["hydra/launcher=slurm", "data=synthetic", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=1"]
+        )
+    )

@@ -23,8 +23,14 @@ from genbench import CONFIG_DIR, GenbenchError
 from genbench.cluster import check_launcher
 from genbench.train import train
 
-QUIET = ["data=synthetic", "debug=fast", "print_config=false", "callbacks.progress_bar=null",
-         "callbacks.model_summary=null", "callbacks.sample_grid=null"]
+QUIET = [
+    "data=synthetic",
+    "debug=fast",
+    "print_config=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "callbacks.sample_grid=null",
+]
 
 
 def compose_with_hydra(overrides: list[str]) -> DictConfig:
@@ -60,8 +66,15 @@ def test_hparams_search_configs_compose_and_name_a_logged_metric(family: str, me
 @pytest.mark.slow
 def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli("genbench.train", "hparams_search=vae_optuna", *QUIET, *TINY["vae"][:2],
-                  "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep}")
+    res = run_cli(
+        "genbench.train",
+        "hparams_search=vae_optuna",
+        *QUIET,
+        *TINY["vae"][:2],
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
@@ -72,8 +85,10 @@ def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in values)
     assert results["best_value"] == pytest.approx(min(values))  # the sweeper got what train returned
     # the trials really differ: the sampler chose different hyperparameters
-    sampled = [{o.split("=")[0]: o.split("=")[1] for o in yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text())}
-               for p in trials]
+    sampled = [
+        {o.split("=")[0]: o.split("=")[1] for o in yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text())}
+        for p in trials
+    ]
     assert all("model.optimizer.lr" in s and "model.beta" in s for s in sampled)
     assert sampled[0]["model.optimizer.lr"] != sampled[1]["model.optimizer.lr"]
 
@@ -84,8 +99,16 @@ def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_local_launcher_multirun_runs_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, *TINY["vae"], "seed=1,2", "hydra/launcher=local",
-                  f"hydra.sweep.dir={sweep}")
+    res = run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        *TINY["vae"],
+        "seed=1,2",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = {}
     for num, seed in (("0", 1), ("1", 2)):
@@ -145,8 +168,16 @@ def test_missing_submitit_is_one_clear_error_before_anything_runs(tmp_path: Path
     fake.mkdir()
     (fake / "submitit.py").write_text("raise ImportError(\"No module named 'submitit'\")\n")
     sweep = tmp_path / "sweep"
-    res = run_cli("genbench.train", "-m", "model=vae", *QUIET, "seed=1,2", "hydra/launcher=local",
-                  f"hydra.sweep.dir={sweep}", env={"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    res = run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        "seed=1,2",
+        "hydra/launcher=local",
+        f"hydra.sweep.dir={sweep}",
+        env={"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
     assert res.returncode == 1
     errors = [line for line in res.stderr.splitlines() if line.startswith("genbench: error:")]
     assert len(errors) == 1 and "needs submitit" in errors[0] and "pip install" in errors[0], res.stderr[-2000:]
@@ -171,8 +202,13 @@ class SignalAt(pl.Callback):
 def test_signal_saves_at_step_boundary_and_resume_logs_each_step_once(train_cfg, tmp_path: Path) -> None:
     """SlurmRequeue (what a SLURM job gets) on SIGTERM: last.ckpt at the next step, exit; the resumed
     run's CSV log is identical in steps to an uninterrupted run's (no gap, no duplicate)."""
-    long = ["model=vae", "trainer.max_steps=20", "trainer.max_epochs=10", "trainer.limit_train_batches=8",
-            "callbacks.sample_grid=null"]
+    long = [
+        "model=vae",
+        "trainer.max_steps=20",
+        "trainer.max_epochs=10",
+        "trainer.limit_train_batches=8",
+        "callbacks.sample_grid=null",
+    ]
     reference = tmp_path / "reference"
     train(train_cfg(*long, output_dir=reference))
 
@@ -192,6 +228,7 @@ def test_signal_saves_at_step_boundary_and_resume_logs_each_step_once(train_cfg,
     metrics = train(train_cfg(*long, "ckpt_path=auto", output_dir=run))
     assert metrics["global_step"] == 20
     assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
+
     def last_step(r: Path) -> int:
         return torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
 

@@ -84,8 +84,8 @@ class _GANStepRecorder(pl.Callback):
         assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in pl_module.generator.parameters()}
 
 
-def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None:
-    cfg = train_cfg("model=gan")
+def _fit_gan_recording_steps(cfg) -> _GANStepRecorder:
+    """Six optimiser steps of the configured GAN with every D/G step recorded."""
     model, dm = build(cfg.model, "model"), build(cfg.data, "data")
     recorder = _GANStepRecorder()
     trainer = pl.Trainer(
@@ -98,6 +98,12 @@ def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
+    return recorder
+
+
+def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None:
+    cfg = train_cfg("model=gan")
+    recorder = _fit_gan_recording_steps(cfg)
     assert [e[0] for e in recorder.events] == ["d", "g"] * 3  # one D then one G step per batch
     for net, g_moved, d_moved in recorder.events:
         if net == "d":
@@ -108,18 +114,7 @@ def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None
 
 def test_gan_d_steps_per_g_step(train_cfg) -> None:
     cfg = train_cfg("model=gan", "model.d_steps_per_g_step=2")
-    model, dm = build(cfg.model, "model"), build(cfg.data, "data")
-    recorder = _GANStepRecorder()
-    trainer = pl.Trainer(
-        max_steps=6,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[recorder],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=dm)
+    recorder = _fit_gan_recording_steps(cfg)
     assert [e[0] for e in recorder.events] == ["d", "d", "g", "d", "d", "g"]
 
 

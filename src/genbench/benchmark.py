@@ -39,9 +39,17 @@ def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]
             f"budget '{cfg.budget.name}' has no experiment for family '{family}' (conf/experiment/{experiment}.yaml). "
             f"Choose families from those with a conf/experiment/{cfg.budget.experiment}_<family>.yaml."
         )
-    cmd = [sys.executable, "-m", "genbench.train", "-m", f"experiment={experiment}",
-           "seed=" + ",".join(str(s) for s in cfg.seeds), f"hydra.sweep.dir={sweep_dir}", "print_config=false",
-           "fail_soft=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genbench.train",
+        "-m",
+        f"experiment={experiment}",
+        "seed=" + ",".join(str(s) for s in cfg.seeds),
+        f"hydra.sweep.dir={sweep_dir}",
+        "print_config=false",
+        "fail_soft=true",
+    ]
     if cfg.launcher:
         cmd.append(f"hydra/launcher={cfg.launcher}")
     if cfg.wandb:
@@ -79,10 +87,15 @@ def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path) -> int:
         # The sweep died before any job started (a broken config): record it like a failed job.
         tail = (sweep_dir / "launcher.log").read_text().strip().splitlines()[-15:]
         lines = [ln.strip() for ln in tail if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
-        error = " / ".join(lines[-5:]) if lines else f"the training sweep exited with status {rc} before any job started"
+        error = (
+            " / ".join(lines[-5:]) if lines else f"the training sweep exited with status {rc} before any job started"
+        )
         (sweep_dir / "failed").mkdir(exist_ok=True)
-        (sweep_dir / "failed" / "failed.json").write_text(json.dumps(
-            {"family": family, "seed": None, "error": error, "type": "LaunchError", "log_tail": tail}, indent=2))
+        (sweep_dir / "failed" / "failed.json").write_text(
+            json.dumps(
+                {"family": family, "seed": None, "error": error, "type": "LaunchError", "log_tail": tail}, indent=2
+            )
+        )
     log.info("%s: training jobs finished with exit status %d", family, rc)
     return rc
 
@@ -128,13 +141,25 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
 
         from genbench.config import wandb_has_credentials
 
-        wandb_run = wandb.init(project=cfg.wandb_project, group=out_dir.name, job_type="benchmark-report",
-                               dir=str(out_dir), mode="online" if wandb_has_credentials() else "offline",
-                               config=OmegaConf.to_container(cfg, resolve=True))
+        wandb_run = wandb.init(
+            project=cfg.wandb_project,
+            group=out_dir.name,
+            job_type="benchmark-report",
+            dir=str(out_dir),
+            mode="online" if wandb_has_credentials() else "offline",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
     report = write_report(
-        runs, out_dir, title=f"genbench benchmark — budget '{cfg.budget.name}'", floor=floor, real_grid=real_grid,
-        context={"budget": OmegaConf.to_container(cfg.budget, resolve=True),
-                 "config": OmegaConf.to_container(cfg, resolve=True), "exit_status": status},
+        runs,
+        out_dir,
+        title=f"genbench benchmark — budget '{cfg.budget.name}'",
+        floor=floor,
+        real_grid=real_grid,
+        context={
+            "budget": OmegaConf.to_container(cfg.budget, resolve=True),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "exit_status": status,
+        },
         wandb_run=wandb_run,
     )
     if wandb_run is not None:

@@ -313,7 +313,9 @@ class SlurmRequeue(pl.Callback):
                 signal.signal(signum, handler)
         self._previous = {}
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         requeue = trainer.strategy.reduce_boolean_decision(self.requeue_signal in self.received, all=False)
         stop = trainer.strategy.reduce_boolean_decision(bool(self.received), all=False)
         if not (requeue or stop):
@@ -338,7 +340,9 @@ class SlurmRequeue(pl.Callback):
                 subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
         raise SystemExit(3 if requeue else 143)
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         """The batch whose start we save at has been fetched ("ready") but not run; recorded as is,
         the resumed loop counts it as done and logs its first step one too far. Record it as
         never fetched, which is the truth of the saved weights."""

@@ -1,7 +1,7 @@
 """``genbench-compare``: the benchmark's leaderboard and plots from any finished runs.
 
-    genbench-compare outputs/train/multiruns/2026-11-26_10-00-00
-    genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare/mine --floor
+genbench-compare outputs/train/multiruns/2026-11-26_10-00-00
+genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare/mine --floor
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> None:
             from genbench.benchmark import real_floor
 
             floor, _ = real_floor(runs)
-        report = write_report(runs, out, title=args.title, floor=floor, real_grid=real_grid,
-                              context={"config": {"runs": [str(r.run_dir) for r in runs]}})
+        report = write_report(
+            runs,
+            out,
+            title=args.title,
+            floor=floor,
+            real_grid=real_grid,
+            context={"config": {"runs": [str(r.run_dir) for r in runs]}},
+        )
         print(report["paths"]["md"].read_text())
         print(f"Report: {report['paths']['html']}")
 

@@ -68,12 +68,14 @@ class TrainingBudget(pl.Callback):
         }
 
     # --- hooks -----------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._t0 is not None:
             self.train_seconds += time.perf_counter() - self._t0
         self.batches += 1
@@ -97,14 +99,23 @@ class TrainingBudget(pl.Callback):
         if trainer.is_global_zero:
             out = Path(trainer.default_root_dir) / "budget.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            report = {"max_images": self.max_images, "max_train_seconds": self.max_train_seconds,
-                      "eval_at": self.eval_at, "batches": self.batches, **self.training_progress()}
+            report = {
+                "max_images": self.max_images,
+                "max_train_seconds": self.max_train_seconds,
+                "eval_at": self.eval_at,
+                "batches": self.batches,
+                **self.training_progress(),
+            }
             out.write_text(json.dumps(report, indent=2))
 
     # --- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"images_seen": self.images_seen, "train_seconds": self.train_seconds, "batches": self.batches,
-                "next_eval": self._next_eval}
+        return {
+            "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds,
+            "batches": self.batches,
+            "next_eval": self._next_eval,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.images_seen = state_dict["images_seen"]

@@ -23,31 +23,51 @@ log = logging.getLogger("genbench.report")
 
 def environment() -> dict[str, Any]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
-                                    text=True, timeout=5).stdout.strip())
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {
-        "genbench": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "genbench": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "platform": platform.platform(),
     }
 
 
-def write_report(runs: list[RunResult], out_dir: Path, title: str = "genbench report",
-                 floor: dict[str, Any] | None = None, real_grid: Path | None = None,
-                 context: dict[str, Any] | None = None, wandb_run: Any = None) -> dict[str, Any]:
+def write_report(
+    runs: list[RunResult],
+    out_dir: Path,
+    title: str = "genbench report",
+    floor: dict[str, Any] | None = None,
+    real_grid: Path | None = None,
+    context: dict[str, Any] | None = None,
+    wandb_run: Any = None,
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {"environment": environment(), **(context or {})}
     rows = build_leaderboard(runs, floor)
     paths = write_leaderboard(rows, out_dir)
     figures: dict[str, Path | None] = {
         "Metrics against training time": metrics_during_training(runs, out_dir / "metrics_vs_time.png"),
-        "Metrics against images seen": metrics_during_training(runs, out_dir / "metrics_vs_images.png",
-                                                               "images_seen", "training images seen"),
+        "Metrics against images seen": metrics_during_training(
+            runs, out_dir / "metrics_vs_images.png", "images_seen", "training images seen"
+        ),
         "Quality against sampling steps": quality_vs_steps(runs, out_dir / "quality_vs_steps.png"),
         "Quality against sampling cost": quality_vs_cost(runs, out_dir / "quality_vs_cost.png"),
     }

@@ -66,9 +66,18 @@ def load_run(run_dir: str | Path) -> RunResult:
         status, error = "incomplete", "no metrics.json: the job did not finish (still running, killed or crashed)"
     grid = run / "samples" / "final.png"
     return RunResult(
-        run_dir=run, family=family, seed=seed, status=status, error=error, train=train,
-        budget=_json(run / "budget.json") or {}, final=final, history=history,
-        sampling=_json(run / "sampling.json") or [], grid=grid if grid.is_file() else None, config=config,
+        run_dir=run,
+        family=family,
+        seed=seed,
+        status=status,
+        error=error,
+        train=train,
+        budget=_json(run / "budget.json") or {},
+        final=final,
+        history=history,
+        sampling=_json(run / "sampling.json") or [],
+        grid=grid if grid.is_file() else None,
+        config=config,
     )
 
 
@@ -85,8 +94,7 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
         if is_run_dir(p) and not (p / "multirun.yaml").exists():
             runs.append(load_run(p))
             continue
-        children = sorted((c for c in p.iterdir() if c.is_dir() and is_run_dir(c)),
-                          key=lambda c: (len(c.name), c.name))
+        children = sorted((c for c in p.iterdir() if c.is_dir() and is_run_dir(c)), key=lambda c: (len(c.name), c.name))
         if not children:
             raise GenbenchError(f"{p} holds no run directories (none has config_resolved.yaml or failed.json).")
         runs.extend(load_run(c) for c in children)

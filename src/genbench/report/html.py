@@ -37,22 +37,31 @@ def _table(md: str) -> str:
     return "\n".join(out)
 
 
-def write_html(path: Path, title: str, rows: list[dict[str, Any]], figures: dict[str, Path | None],
-               context: dict[str, Any]) -> Path:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+def write_html(
+    path: Path, title: str, rows: list[dict[str, Any]], figures: dict[str, Path | None], context: dict[str, Any]
+) -> Path:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     if context.get("budget"):
         parts.append(f"<h2>Budget</h2><p>{html.escape(str(context['budget'].get('description', '')))}</p>")
     parts.append("<h2>Leaderboard</h2>" + _table(markdown_table(rows)))
-    parts.append("<p>Mean ± standard deviation over seeds; ↓ lower is better, ↑ higher is better. "
-                 "FID/KID/IS/precision/recall from torch-fidelity with the extractor and sample count below, "
-                 "against the real test split.</p>")
+    parts.append(
+        "<p>Mean ± standard deviation over seeds; ↓ lower is better, ↑ higher is better. "
+        "FID/KID/IS/precision/recall from torch-fidelity with the extractor and sample count below, "
+        "against the real test split.</p>"
+    )
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name)}</h2>{_img(fig, name)}")
-    parts.append("<h2>Environment</h2><pre>" + html.escape(json.dumps(context.get("environment", {}), indent=2))
-                 + "</pre>")
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(context.get("config", {}), indent=2,
-                                                                          default=str)) + "</pre>")
+    parts.append(
+        "<h2>Environment</h2><pre>" + html.escape(json.dumps(context.get("environment", {}), indent=2)) + "</pre>"
+    )
+    parts.append(
+        "<h2>Configuration</h2><pre>"
+        + html.escape(json.dumps(context.get("config", {}), indent=2, default=str))
+        + "</pre>"
+    )
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path

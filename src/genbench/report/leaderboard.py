@@ -85,15 +85,28 @@ def _fmt(value: Any, std: Any = None, digits: int = 3) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     samplers = sorted({k for r in rows for k in (r.get("sampling_images_per_second") or {})})
-    head = ["family", *[title + (" ↓" if low else " ↑") for _, title, low in METRICS], "params", "train img/s",
-            "train s", "images seen", *[f"sample img/s ({s})" for s in samplers], "status"]
+    head = [
+        "family",
+        *[title + (" ↓" if low else " ↑") for _, title, low in METRICS],
+        "params",
+        "train img/s",
+        "train s",
+        "images seen",
+        *[f"sample img/s ({s})" for s in samplers],
+        "status",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["family"], *[_fmt(r.get(k), r.get(f"{k}_std")) for k, _, _ in METRICS],
-                 _fmt(r.get("num_parameters")), _fmt(r.get("train_images_per_second")), _fmt(r.get("train_seconds")),
-                 _fmt(r.get("images_seen")),
-                 *[_fmt((r.get("sampling_images_per_second") or {}).get(s)) for s in samplers],
-                 r["status"] + (f" ({'; '.join(r['errors'])})" if r.get("errors") else "")]
+        cells = [
+            r["family"],
+            *[_fmt(r.get(k), r.get(f"{k}_std")) for k, _, _ in METRICS],
+            _fmt(r.get("num_parameters")),
+            _fmt(r.get("train_images_per_second")),
+            _fmt(r.get("train_seconds")),
+            _fmt(r.get("images_seen")),
+            *[_fmt((r.get("sampling_images_per_second") or {}).get(s)) for s in samplers],
+            r["status"] + (f" ({'; '.join(r['errors'])})" if r.get("errors") else ""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

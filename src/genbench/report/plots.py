@@ -19,8 +19,9 @@ def _colour(family: str) -> str:
     return COLOURS.get(family, "tab:gray")
 
 
-def metrics_during_training(runs: list[RunResult], path: Path, x_key: str = "train_seconds",
-                            x_label: str = "training seconds") -> Path | None:
+def metrics_during_training(
+    runs: list[RunResult], path: Path, x_key: str = "train_seconds", x_label: str = "training seconds"
+) -> Path | None:
     """Each metric against training time (or images seen), one line per run, coloured by family."""
     runs = [r for r in runs if r.status == "ok" and any(x_key in h for h in r.history)]
     if not runs:
@@ -50,9 +51,28 @@ def _sampler_points(runs: list[RunResult]) -> list[tuple[str, str, int, float, d
         if run.status != "ok":
             continue
         for s in run.sampling:
-            out.append((run.family, s["sampler"], int(s.get("steps") or 1), float(s["images_per_second"]),
-                        s.get("metrics") or {}))
+            out.append(
+                (
+                    run.family,
+                    s["sampler"],
+                    int(s.get("steps") or 1),
+                    float(s["images_per_second"]),
+                    s.get("metrics") or {},
+                )
+            )
     return out
+
+
+def _save_log_x(fig, ax, path: Path, x_label: str, metric: str, title: str) -> Path:
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric.removeprefix("eval/").upper())
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid") -> Path | None:
@@ -69,17 +89,15 @@ def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid"
                 by_kind.setdefault(sampler.split("-")[0], []).append((steps, m[metric]))
         for kind, pts in by_kind.items():
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_colour(family),
-                    linestyle="-" if kind == "ddim" else "none", label=f"{family} {kind}")
-    ax.set_xscale("log")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel(metric.removeprefix("eval/").upper())
-    ax.set_title("Quality against sampling steps")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                color=_colour(family),
+                linestyle="-" if kind == "ddim" else "none",
+                label=f"{family} {kind}",
+            )
+    return _save_log_x(fig, ax, path, "sampling steps", metric, "Quality against sampling steps")
 
 
 def quality_vs_cost(runs: list[RunResult], path: Path, metric: str = "eval/fid") -> Path | None:
@@ -94,12 +112,4 @@ def quality_vs_cost(runs: list[RunResult], path: Path, metric: str = "eval/fid")
         ax.scatter(ips, m[metric], color=_colour(family), label=family if family not in seen else None, s=40)
         ax.annotate(sampler, (ips, m[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         seen.add(family)
-    ax.set_xscale("log")
-    ax.set_xlabel("sampling images / s (log)")
-    ax.set_ylabel(metric.removeprefix("eval/").upper())
-    ax.set_title("Quality against sampling cost")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_log_x(fig, ax, path, "sampling images / s (log)", metric, "Quality against sampling cost")
