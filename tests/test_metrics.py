@@ -172,7 +172,9 @@ def test_kid_and_is_match_a_hand_computation_on_a_tiny_case(synth):
 def test_precision_recall_real_vs_real_near_one_and_noise_near_zero(synth):
     ev = Evaluator(synth.real[256:], synth.spec, {"fid": False, "kid": False, "isc": False, "cache": False})
     rr = ev.evaluate(synth.real[:256])
-    assert rr["precision"] >= 0.9 and rr["recall"] >= 0.9, rr
+    # k-NN precision/recall of two samples of one distribution is near 1 but not 1: with 256 samples
+    # and k=3 it varies run to run between about 0.88 and 0.96 (measured), hence 0.85
+    assert rr["precision"] >= 0.85 and rr["recall"] >= 0.85, rr
     noise = torch.randint(0, 256, (256, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     rn = ev.evaluate(noise)
     assert rn["precision"] <= 0.1, rn

@@ -130,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     for logger in loggers:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "num_parameters": model.num_parameters()})
+        logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
