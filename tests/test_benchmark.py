@@ -56,7 +56,7 @@ def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:
     assert [r["family"] for r in rows] == ["gan", "vae", "ddpm", "real vs real (floor)"]
     assert all(r["status"] == "ok" for r in rows[:3])
     ddpm = rows[2]
-    assert {"default", "ddim-2", "ancestral"} <= set(ddpm["sampling_images_per_second"])
+    assert {"ddim-4", "ddim-2", "ancestral"} <= set(ddpm["sampling_images_per_second"])
     with open(out / "leaderboard.csv") as f:
         assert [r["family"] for r in csv.DictReader(f)] == [r["family"] for r in rows]
     md = (out / "leaderboard.md").read_text()
@@ -102,6 +102,7 @@ def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> Non
         "families=[gan,vae,ddpm]",
         "print_config=false",
         "floor=false",
+        "wandb=true",
         f"hydra.run.dir={out}",
         f'train_overrides=["paths.cache_dir={cache}"]',
         "+family_overrides.vae=['data.image_size=20']",  # breaks while building: impossible size
@@ -116,3 +117,7 @@ def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> Non
     assert (out / "runs" / "gan" / "0" / "checkpoints" / "last.ckpt").is_file()
     assert "failed" in (out / "leaderboard.md").read_text()
     assert (out / "report.html").is_file()
+    # W&B (offline here): the report run with the leaderboard table, and the training job's own run
+    report_runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(report_runs) == 1 and list(report_runs[0].glob("run-*.wandb"))
+    assert list((out / "runs" / "gan" / "0" / "wandb").glob("offline-run-*"))

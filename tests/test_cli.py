@@ -49,7 +49,16 @@ def _job_dirs(sweep: Path) -> list[Path]:
 
 
 def test_multirun_makes_one_directory_per_job(cli, tmp_path: Path) -> None:
-    r = cli("genbench.train", "-m", "model=vae", *TINY["vae"], *FAST, "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep")
+    r = cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *TINY["vae"],
+        *FAST,
+        "logger=[csv,wandb]",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = _job_dirs(tmp_path / "sweep")
     assert [p.name for p in jobs] == ["0", "1"]
@@ -57,6 +66,9 @@ def test_multirun_makes_one_directory_per_job(cli, tmp_path: Path) -> None:
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert json.loads((job / "metrics.json").read_text())["global_step"] == 6
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # each job is its own W&B run
+    run_ids = {(job / "wandb_run_id").read_text() for job in jobs}
+    assert len(run_ids) == 2
 
 
 def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
@@ -89,6 +101,7 @@ def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
 
 
 def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) -> None:
+    """Also runs the evaluation callback under DDP: each rank samples its share, rank 0 computes."""
     r = cli(
         "genbench.train",
         "-m",
@@ -96,6 +109,15 @@ def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) ->
         *FAST,
         "trainer=ddp_cpu",
         "model.sample_batch_size=16",
+        "callbacks=[default,eval]",
+        "callbacks.evaluation.num_samples=101",  # odd: the ranks' shares are 51 + 51, trimmed to 101
+        "callbacks.evaluation.every_n_epochs=null",
+        "callbacks.evaluation.metrics.extractor=in-domain",
+        "callbacks.evaluation.metrics.kid_subset_size=50",
+        "callbacks.evaluation.metrics.kid_subsets=5",
+        "+callbacks.evaluation.metrics.extractor_training={epochs: 1, feature_dim: 16, width: 8}",
+        "callbacks.evaluation.sampler.steps=3",
+        f"paths.cache_dir={tmp_path}/cache",
         f"hydra.sweep.dir={tmp_path}/sweep",
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -105,3 +127,6 @@ def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) ->
         sync = json.loads((job / "ddp_sync.json").read_text())
         assert sync["max_abs_diff_parameters"] == 0.0
         assert len(set(sync["rank_parameter_checksums"])) == 1
+        final = json.loads((job / "eval" / "final.json").read_text())
+        assert final["num_samples"] == 101 and final["fid"] > 0
+        assert len(list(job.rglob("final.json"))) == 1  # written by rank 0 only

@@ -251,3 +251,21 @@ def test_trains_on_real_fashion_mnist(train_cfg, tmp_path: Path) -> None:
     x = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (5, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
     torch.testing.assert_close(x, model.sample(5, generator=torch.Generator().manual_seed(0)))
+
+
+def test_tensorboard_logger_writes_events_and_sample_grids(train_cfg, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(train_cfg("model=vae", "logger=[csv,tensorboard]"))
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"] and "val/loss" in acc.Tags()["scalars"]
+    assert "samples" in acc.Tags()["images"]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_cpu(precision: str, train_cfg) -> None:
+    metrics = train(train_cfg("model=ddpm", f"trainer.precision={precision}"))
+    assert metrics["global_step"] == 6 and math.isfinite(metrics["train/loss"])

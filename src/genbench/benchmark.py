@@ -139,14 +139,14 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if cfg.wandb:
         import wandb
 
-        from genbench.config import wandb_has_credentials
+        from genbench.config import wandb_mode
 
         wandb_run = wandb.init(
             project=cfg.wandb_project,
             group=out_dir.name,
             job_type="benchmark-report",
             dir=str(out_dir),
-            mode="online" if wandb_has_credentials() else "offline",
+            mode=wandb_mode(),
             config=OmegaConf.to_container(cfg, resolve=True),
         )
     report = write_report(

@@ -97,6 +97,14 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def wandb_mode() -> str | None:
+    """The W&B mode to ask for: None where WANDB_MODE already decides (W&B reads it itself),
+    "online" with credentials, else "offline" so that nothing ever waits on the network."""
+    if os.environ.get("WANDB_MODE"):
+        return None
+    return "online" if wandb_has_credentials() else "offline"
+
+
 def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
     """Instantiate every logger of the ``logger`` group. W&B: ``offline: auto`` goes offline when
     no credentials are configured (never waits on the network); ``group: auto`` groups the jobs

@@ -53,7 +53,7 @@ class SamplingBenchmark(pl.Callback):
     """Args:
     num_images: images drawn for each throughput measurement.
     samplers: name -> Sampler objects to measure (used only by models whose ``sample`` takes a
-        ``sampler``, i.e. the DDPM); the model's own sampler is always measured as "default".
+        ``sampler``, i.e. the DDPM); the model's own sampler is always measured too, under its own name (e.g. ddim-10).
     evaluate: also compute the metrics of each extra sampler (needs an EvaluationCallback).
     timing_only: sampler names to time but not evaluate (e.g. the 1000-step ancestral sampler
         on a CPU, where evaluating thousands of samples would take an hour).
@@ -87,7 +87,8 @@ class SamplingBenchmark(pl.Callback):
                 if sampler is not None:
                     sampler = sampler.bind(pl_module.schedule)
                 entry: dict[str, Any] = {
-                    "sampler": name if sampler is None else sampler_label(sampler),
+                    # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
+                    "sampler": sampler_label(sampler if sampler is not None else getattr(pl_module, "sampler", None)),
                     "steps": getattr(sampler or getattr(pl_module, "sampler", None), "num_steps", 1),
                     **time_sampling(pl_module, self.num_images, sampler),
                 }
