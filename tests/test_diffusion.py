@@ -29,7 +29,8 @@ def test_q_sample_matches_closed_form() -> None:
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     ab = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
     expected = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    torch.testing.assert_close(s.q_sample(x0, t, noise), expected, rtol=1e-5, atol=1e-6)
+    # float32 buffers against a float64 reference: agreement to float32 rounding
+    torch.testing.assert_close(s.q_sample(x0, t, noise), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s.predict_x0(expected, t, noise), x0, rtol=1e-3, atol=1e-3)
 
 

@@ -152,7 +152,10 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
         *TINY["vae"],
         f"trainer.max_steps={max_steps}",
         "trainer.max_epochs=100",
-        "trainer.limit_train_batches=10",
+        # one epoch longer than the run (3584 / 32 = 112 batches > 80 steps): the signal lands mid-epoch.
+        # A save at the first batch of an epoch resumes one step too far (a gap in the log, no
+        # repeat): a known Lightning loop-restart edge, documented in docs/cluster.md.
+        "data.num_train=4096",
         "+logger.csv.flush_logs_every_n_steps=1",
         *SLURM,
         f"hydra.sweep.dir={sweep}",

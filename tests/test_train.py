@@ -269,3 +269,10 @@ def test_tensorboard_logger_writes_events_and_sample_grids(train_cfg, tmp_path: 
 def test_mixed_precision_trains_on_cpu(precision: str, train_cfg) -> None:
     metrics = train(train_cfg("model=ddpm", f"trainer.precision={precision}"))
     assert metrics["global_step"] == 6 and math.isfinite(metrics["train/loss"])
+
+
+def test_last_checkpoint_is_the_final_model_when_training_stops_mid_epoch(train_cfg, tmp_path: Path) -> None:
+    # 14 batches per epoch, stopped after 5: no validation or epoch end has refreshed last.ckpt
+    metrics = train(train_cfg("model=vae", "trainer.max_steps=5", "trainer.limit_train_batches=1.0"))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert metrics["global_step"] == ckpt["global_step"] == 5

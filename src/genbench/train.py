@@ -133,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        save_final_last_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(
             family=model.family,
@@ -145,6 +146,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         finish_wandb()
     return metrics
+
+
+def save_final_last_checkpoint(trainer: pl.Trainer) -> None:
+    """ModelCheckpoint refreshes last.ckpt at validation or epoch end; a run stopped mid-epoch (by
+    max_steps, max_time or the benchmark's budget) would otherwise leave a last.ckpt that is not
+    the final model. Collective under DDP: every rank calls it, rank 0 writes."""
+    cb = trainer.checkpoint_callback
+    if cb is None or not getattr(cb, "save_last", False) or not cb.dirpath:
+        return
+    if getattr(cb, "_last_global_step_saved", None) != trainer.global_step or not cb.last_model_path:
+        trainer.save_checkpoint(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
