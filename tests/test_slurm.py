@@ -156,6 +156,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
         # A save at the first batch of an epoch resumes one step too far (a gap in the log, no
         # repeat): a known Lightning loop-restart edge, documented in docs/cluster.md.
         "data.num_train=4096",
+        "trainer.limit_train_batches=1.0",  # debug=fast (in QUIET) would cut epochs to 6 batches
         "+logger.csv.flush_logs_every_n_steps=1",
         *SLURM,
         f"hydra.sweep.dir={sweep}",
