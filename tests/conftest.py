@@ -89,6 +89,31 @@ def run_cli(
     )
 
 
+# Quiet, fast settings for subprocess sweeps (no progress bar, summary or sample grids).
+QUIET = [
+    "data=synthetic",
+    "debug=fast",
+    "print_config=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "callbacks.sample_grid=null",
+]
+
+
+def vae_sweep(sweep: Path, *overrides: str, tiny: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """`genbench-train -m model=vae ...` with QUIET settings (and tiny networks) into ``sweep``."""
+    return run_cli(
+        "genbench.train",
+        "-m",
+        "model=vae",
+        *QUIET,
+        *(TINY["vae"] if tiny else []),
+        *overrides,
+        f"hydra.sweep.dir={sweep}",
+        **kwargs,
+    )
+
+
 @pytest.fixture
 def cli() -> Callable[..., subprocess.CompletedProcess]:
     return run_cli

@@ -20,21 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import QUIET, TINY, vae_sweep
 from genbench import PROJECT_ROOT, GenbenchError
 from genbench.cluster import check_launcher
 
 pytestmark = pytest.mark.slurm
 
 SCRIPT = PROJECT_ROOT / "scripts" / "slurm_local.sh"
-QUIET = [
-    "data=synthetic",
-    "debug=fast",
-    "print_config=false",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "callbacks.sample_grid=null",
-]
 # One CPU and 1 GB per task: the local node has 2 CPUs, so two jobs (or one 2-task job) run at once.
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
@@ -76,15 +68,10 @@ def job_ids(sweep: Path) -> list[str]:
 
 def test_multirun_of_two_trainings_through_slurm(slurm: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli(
-        "genbench.train",
-        "-m",
-        "model=vae",
-        *QUIET,
-        *TINY["vae"],
+    res = vae_sweep(
+        sweep,
         "seed=1,2",
         *SLURM,
-        f"hydra.sweep.dir={sweep}",
         env=slurm,
         timeout=300,
     )
@@ -111,16 +98,11 @@ def test_multirun_of_two_trainings_through_slurm(slurm: dict[str, str], tmp_path
 def test_ddp_job_runs_one_slurm_task_per_device(slurm: dict[str, str], tmp_path: Path) -> None:
     """trainer=ddp_cpu (devices=2) -> tasks_per_node=2; Lightning's SLURMEnvironment makes them ranks."""
     sweep = tmp_path / "sweep"
-    res = run_cli(
-        "genbench.train",
-        "-m",
-        "model=vae",
-        *QUIET,
-        *TINY["vae"],
+    res = vae_sweep(
+        sweep,
         "trainer=ddp_cpu",
         "callbacks.ddp_sync_check=null",
         *SLURM,
-        f"hydra.sweep.dir={sweep}",
         env=slurm,
         timeout=300,
     )
@@ -209,15 +191,12 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
 def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     before = squeue("-o", "%i")
-    res = run_cli(
-        "genbench.train",
-        "-m",
-        "model=vae",
-        *QUIET,
+    res = vae_sweep(
+        sweep,
         "seed=1,2",
         *SLURM,
         "hydra.launcher.partition=no_such_partition",
-        f"hydra.sweep.dir={sweep}",
+        tiny=False,
         env=slurm,
         timeout=120,
     )

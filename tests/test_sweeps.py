@@ -18,19 +18,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from conftest import TINY, run_cli
+from conftest import QUIET, TINY, run_cli, vae_sweep
 from genbench import CONFIG_DIR, GenbenchError
 from genbench.cluster import check_launcher
 from genbench.train import train
-
-QUIET = [
-    "data=synthetic",
-    "debug=fast",
-    "print_config=false",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "callbacks.sample_grid=null",
-]
 
 
 def compose_with_hydra(overrides: list[str]) -> DictConfig:
@@ -99,15 +90,10 @@ def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_local_launcher_multirun_runs_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli(
-        "genbench.train",
-        "-m",
-        "model=vae",
-        *QUIET,
-        *TINY["vae"],
+    res = vae_sweep(
+        sweep,
         "seed=1,2",
         "hydra/launcher=local",
-        f"hydra.sweep.dir={sweep}",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = {}
@@ -168,14 +154,11 @@ def test_missing_submitit_is_one_clear_error_before_anything_runs(tmp_path: Path
     fake.mkdir()
     (fake / "submitit.py").write_text("raise ImportError(\"No module named 'submitit'\")\n")
     sweep = tmp_path / "sweep"
-    res = run_cli(
-        "genbench.train",
-        "-m",
-        "model=vae",
-        *QUIET,
+    res = vae_sweep(
+        sweep,
         "seed=1,2",
         "hydra/launcher=local",
-        f"hydra.sweep.dir={sweep}",
+        tiny=False,
         env={"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
     )
     assert res.returncode == 1
