@@ -27,14 +27,10 @@ from genbench.metrics import (
     resolve_extractor,
 )
 from genbench.metrics import functional as Fn
-from genbench.metrics.extractors import (
-    INCEPTION_FILENAME,
-    build_domain_cnn,
-    classifier_accuracy,
-    extractor_report,
-    load_extractor_file,
-)
-from genbench.metrics.fidelity import RealFeatureCache
+from genbench.metrics.in_domain import build_domain_cnn, load_extractor_file
+from genbench.metrics.in_domain_training import classifier_accuracy, extractor_report
+from genbench.metrics.inception import INCEPTION_FILENAME
+from genbench.metrics.real_cache import RealFeatureCache
 
 FAST = {"kid_subsets": 10, "isc_splits": 2}
 
@@ -80,7 +76,7 @@ def test_in_domain_extractor_accuracy_recorded_and_reproducible(synth):
 
 
 def test_in_domain_extractor_is_reused_not_retrained(synth, monkeypatch):
-    import genbench.metrics.extractors as ext
+    import genbench.metrics.in_domain_training as ext
 
     def boom(*a, **k):
         raise AssertionError("retrained although the extractor exists")

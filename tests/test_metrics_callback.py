@@ -17,7 +17,8 @@ from pytorch_lightning.loggers import CSVLogger
 
 from genbench.config import build
 from genbench.diffusion import DDIMSampler
-from genbench.metrics import EvaluationCallback, ensure_in_domain_extractor
+from genbench.callbacks import EvaluationCallback
+from genbench.metrics import ensure_in_domain_extractor
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,7 @@ def test_signal_saves_at_step_boundary_and_resume_logs_each_step_once(train_cfg,
     run = tmp_path / "run"
     cfg = train_cfg(*long, output_dir=run)
     with open_dict(cfg):
-        cfg.callbacks.requeue = {"_target_": "genbench.cluster.SlurmRequeue"}
+        cfg.callbacks.requeue = {"_target_": "genbench.callbacks.SlurmRequeue"}
         cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAt", "step": 5}
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit):

@@ -223,7 +223,7 @@ def test_wandb_goes_offline_without_credentials(train_cfg, tmp_path: Path, monke
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with an api.wandb.ai entry
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
-    from genbench.config import wandb_has_credentials
+    from genbench.loggers import wandb_has_credentials
 
     assert not wandb_has_credentials()
     metrics = train(train_cfg("model=vae", "logger=[csv,wandb]"))

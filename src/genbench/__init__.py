@@ -2,15 +2,12 @@
 
 from pathlib import Path
 
+from genbench.errors import GenbenchError
+
 __version__ = "0.1.0"
 
 #: Repository root (the package is installed editable, so configs are found next to it).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
-
-class GenbenchError(RuntimeError):
-    """A user-facing error: the message says what is wrong and how to fix it.
-
-    Entry points print it as one line and exit with status 1 instead of a traceback.
-    """
+__all__ = ["CONFIG_DIR", "PROJECT_ROOT", "GenbenchError", "__version__"]

@@ -14,7 +14,6 @@ submitit launcher (``launcher=local`` or ``slurm``) the family sweeps are submit
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -24,10 +23,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from genbench import CONFIG_DIR, PROJECT_ROOT, GenbenchError
-from genbench.config import print_config_tree, user_errors
+from genbench import CONFIG_DIR, PROJECT_ROOT
+from genbench.config import print_config_tree
+from genbench.errors import GenbenchError, user_errors
+from genbench.loggers import wandb_mode
 from genbench.report.build import write_report
-from genbench.report.collect import RunResult, find_runs
+from genbench.report.collect import find_runs
+from genbench.report.floor import real_floor
+from genbench.rundir import write_failure
 
 log = logging.getLogger("genbench.benchmark")
 
@@ -90,34 +93,9 @@ def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path) -> int:
         error = (
             " / ".join(lines[-5:]) if lines else f"the training sweep exited with status {rc} before any job started"
         )
-        (sweep_dir / "failed").mkdir(exist_ok=True)
-        (sweep_dir / "failed" / "failed.json").write_text(
-            json.dumps(
-                {"family": family, "seed": None, "error": error, "type": "LaunchError", "log_tail": tail}, indent=2
-            )
-        )
+        write_failure(sweep_dir / "failed", family=family, seed=None, error=error, details="\n".join(tail))
     log.info("%s: training jobs finished with exit status %d", family, rc)
     return rc
-
-
-def real_floor(runs: list[RunResult]) -> tuple[dict[str, Any] | None, Any]:
-    """FID & co. of real training images against the real test split, with the same extractor,
-    sample count and settings as the runs: the best score any model could hope for at this n."""
-    from hydra.utils import instantiate
-
-    from genbench.metrics import Evaluator, MetricsConfig
-
-    ok = [r for r in runs if r.status == "ok" and r.config.get("callbacks", {}).get("evaluation")]
-    if not ok:
-        return None, None
-    conf = ok[0].config
-    ev = conf["callbacks"]["evaluation"]
-    datamodule = instantiate(conf["data"])
-    metrics_cfg = MetricsConfig.from_mapping(ev.get("metrics"))
-    metrics_cfg.num_samples = ev["num_samples"]
-    evaluator = Evaluator.for_datamodule(datamodule, metrics_cfg, cache_dir=ev.get("cache_dir"))
-    train_images = datamodule.real_images("train")[: ev["num_samples"]]
-    return evaluator.evaluate(train_images), datamodule
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
@@ -128,18 +106,10 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         training_command(cfg, family, out_dir)
     status = run_training(cfg, out_dir)
     runs = find_runs([out_dir / "runs" / f for f in cfg.families])
-    floor, datamodule = real_floor(runs) if cfg.floor else (None, None)
-    real_grid = None
-    if datamodule is not None:
-        from genbench.callbacks.sample_grid import save_grid
-        from genbench.data import to_unit_range
-
-        real_grid = save_grid(to_unit_range(datamodule.real_images("test")[:64]), out_dir / "real.png")
+    floor, real_grid = real_floor(runs, out_dir) if cfg.floor else (None, None)
     wandb_run = None
     if cfg.wandb:
         import wandb
-
-        from genbench.config import wandb_mode
 
         wandb_run = wandb.init(
             project=cfg.wandb_project,

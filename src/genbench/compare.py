@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from genbench import PROJECT_ROOT
-from genbench.config import user_errors
+from genbench.errors import user_errors
 from genbench.report.build import write_report
 from genbench.report.collect import find_runs
+from genbench.report.floor import real_floor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         runs = find_runs(args.runs)
         out = args.out or PROJECT_ROOT / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
-        floor = real_grid = None
-        if args.floor:
-            from genbench.benchmark import real_floor
-
-            floor, _ = real_floor(runs)
+        floor, real_grid = real_floor(runs, out) if args.floor else (None, None)
         report = write_report(
             runs,
             out,

@@ -23,36 +23,19 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genbench import CONFIG_DIR, GenbenchError
-from genbench.config import build, user_errors
-from genbench.metrics.cache import atomic_write_json, read_json
-from genbench.metrics.extractors import resolve_extractor
-from genbench.metrics.fidelity import Evaluator, MetricsConfig, check_images, sample_uint8
+from genbench import CONFIG_DIR
+from genbench.config import build
+from genbench.data.folder import load_image_folder
+from genbench.devices import resolve_device
+from genbench.errors import GenbenchError, user_errors
+from genbench.io import atomic_write_json, read_json
+from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8
 
 log = logging.getLogger("genbench.evaluate")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: data:<split> or data:<split>:<start>-<stop> (either bound may be left out); no brackets, so no
 #: quoting is needed on a Hydra command line
 _DATA_SOURCE = re.compile(r"^data:(?P<split>\w+)(?::(?P<start>\d*)-(?P<stop>\d*))?$")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def describe_sampler(model: Any, sampler: Any) -> dict[str, Any] | None:
-    """What drew the samples, recorded with the metrics (DDPM only; other families have none)."""
-    s = sampler if sampler is not None else getattr(model, "sampler", None)
-    if s is None:
-        return None
-    out: dict[str, Any] = {"name": getattr(s, "name", type(s).__name__)}
-    for attr in ("steps", "eta", "variance"):
-        if hasattr(s, attr):
-            out[attr] = getattr(s, attr)
-    return out
 
 
 def append_result(path: Path, result: dict[str, Any]) -> None:
@@ -62,26 +45,6 @@ def append_result(path: Path, result: dict[str, Any]) -> None:
     if previous is not None and not isinstance(previous, dict):
         path.rename(path.with_suffix(f".unreadable-{int(time.time())}.json"))
     atomic_write_json(path, {"latest": result, "history": [*history, result]})
-
-
-def load_image_folder(folder: str | Path) -> torch.Tensor:
-    """Every image under ``folder`` (recursive, sorted) as uint8 N×C×H×W; all must share one size."""
-    import numpy as np
-    from PIL import Image
-
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise GenbenchError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}.")
-    arrays = []
-    for p in files:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("L" if im.mode in ("1", "L", "I", "I;16") else "RGB"))
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise GenbenchError(f"Images under {folder} have different shapes {sorted(shapes)[:3]}...; resize them first.")
-    return torch.from_numpy(np.stack(arrays)).contiguous()
 
 
 def _datamodule(cfg: DictConfig, ckpt_data: dict[str, Any] | None = None) -> Any | None:
@@ -109,7 +72,7 @@ def load_source(
         return images, f"{datamodule.name}:{source[5:]}"
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_image_folder(path), str(path)
+        return load_image_folder(path)[0], str(path)
     if path.suffix == ".ckpt":
         from genbench.models import load_model_from_checkpoint
 
@@ -142,7 +105,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     ckpt_cfg = ckpt["genbench"].get("config") or {}
     if not cfg.get("data") and not ckpt_cfg.get("data"):
         raise GenbenchError(f"{ckpt_path} carries no data config; pass data=<dataset> to say what it was trained on.")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = load_model_from_checkpoint(ckpt_path, device)
     datamodule = _datamodule(cfg, ckpt_cfg.get("data"))
     if tuple(model.image_shape) != tuple(datamodule.image_shape):
@@ -161,12 +124,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     generated = sample_uint8(model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, **kwargs)
     sampling_seconds = time.perf_counter() - start
     result = evaluator.evaluate(generated)
+    used = sampler if sampler is not None else getattr(model, "sampler", None)  # GAN/VAE: none
     result.update(
         ckpt=ckpt_path.name,
         family=model.family,
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
-        sampler=describe_sampler(model, sampler),
+        sampler=used.describe() if used is not None else None,
         seed=cfg.seed,
         sampling_seconds=round(sampling_seconds, 2),
         sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
@@ -178,28 +142,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
 def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     mcfg = MetricsConfig.from_mapping(cfg.metrics)
     datamodule = _datamodule(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     input2 = cfg.get("input2") or f"data:{mcfg.split}"
     real, real_label = load_source(str(input2), datamodule, mcfg.num_samples, cfg.seed + 1, device)
     generated, gen_label = load_source(str(cfg.input1), datamodule, mcfg.num_samples, cfg.seed, device)
     real = check_images(real, "input2")
     generated = _match(check_images(generated, "input1"), tuple(real.shape[1:]), "input1")
-    if datamodule is None and mcfg.extractor != "inception-v3-compat" and mcfg.extractor_path is None:
-        raise GenbenchError(
-            "Without a dataset there is no in-domain extractor: add data=<name>, or metrics.extractor_path=<file>, "
-            "or metrics.extractor=inception-v3-compat."
-        )
-    spec = resolve_extractor(
-        mcfg.extractor,
-        datamodule,
-        cfg.paths.cache_dir,
-        inception_weights=mcfg.inception_weights,
-        extractor_path=mcfg.extractor_path,
-        train_if_missing=mcfg.train_extractor,
-        train_kwargs=dict(mcfg.extractor_training),
+    evaluator = Evaluator.for_datamodule(
+        datamodule, mcfg, cache_dir=cfg.paths.cache_dir, real=real, real_label=real_label
     )
-    name, _, split = real_label.partition(":")
-    evaluator = Evaluator(real, spec, mcfg, cache_dir=cfg.paths.cache_dir, dataset=name, split=split or "custom")
     result = evaluator.evaluate(generated)
     result.update(input1=gen_label, input2=real_label, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return result, Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "metrics.json"

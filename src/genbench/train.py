@@ -7,7 +7,6 @@ genbench-train experiment=fashion_mnist_ddpm ckpt_path=outputs/train/runs/<run>/
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import traceback
@@ -19,62 +18,24 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from genbench import CONFIG_DIR, GenbenchError
-from genbench.cluster import (
-    cluster_callbacks,
-    cluster_plugins,
-    in_slurm_job,
-    resume_csv_history,
-    slurm_restart_count,
-)
-from genbench.config import (
-    build,
-    build_loggers,
-    finish_wandb,
-    install_ddp_child_command,
-    is_rank_zero,
-    isolated_job,
-    print_config_tree,
-    user_errors,
-)
-from genbench.models import FAMILIES, GenerativeModel, checkpoint_family, read_checkpoint
+from genbench import CONFIG_DIR
+from genbench.callbacks import link_callbacks
+from genbench.checkpointing import check_resume_compatible, resolve_ckpt_path, resume_csv_history, save_final_checkpoint
+from genbench.cluster import cluster_callbacks, cluster_plugins
+from genbench.compat import install_ddp_child_command
+from genbench.config import build, print_config_tree
+from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
+from genbench.errors import GenbenchError, user_errors
+from genbench.io import atomic_write_json
+from genbench.loggers import build_loggers, finish_wandb
+from genbench.models import FAMILIES, GenerativeModel, family_of_config
+from genbench.rundir import write_failure
 
 log = logging.getLogger("genbench.train")
 
 # The DDPM's EMA copy is in eval mode on purpose; torch's pytree deprecation comes from Lightning.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path``: a file to resume from, ``auto`` (this run dir's last.ckpt if it exists, for
-    requeued cluster jobs) or null. Refuses to start fresh in a run directory that already has
-    checkpoints, which would overwrite them. A SLURM job that was requeued (SLURM_RESTART_COUNT > 0)
-    resumes from its own last.ckpt whatever ckpt_path says: that is the state it was stopped in."""
-    ckpt_path = cfg.get("ckpt_path")
-    existing = sorted((output_dir / "checkpoints").glob("*.ckpt"))
-    if in_slurm_job() and slurm_restart_count() > 0 and (output_dir / "checkpoints" / "last.ckpt").is_file():
-        log.info("SLURM restart %d of this job: resuming from its last.ckpt.", slurm_restart_count())
-        ckpt_path = "auto"
-    if ckpt_path == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if ckpt_path is None and existing and is_rank_zero():
-        raise GenbenchError(
-            f"{output_dir} already holds checkpoints ({existing[0].name}, ...); starting afresh would overwrite "
-            "them. Resume with ckpt_path=auto (or a file), or choose a new hydra.run.dir."
-        )
-    return None if ckpt_path is None else str(ckpt_path)
-
-
-def check_resume_compatible(ckpt_path: str, model: GenerativeModel) -> None:
-    ckpt = read_checkpoint(ckpt_path)
-    family = checkpoint_family(ckpt, ckpt_path)
-    if family != model.family:
-        raise GenbenchError(
-            f"{ckpt_path} is a '{family}' checkpoint but model={model.family} is configured: "
-            f"resume with model={family}."
-        )
 
 
 def build_callbacks(cfg: DictConfig, model: GenerativeModel) -> list[pl.Callback]:
@@ -86,7 +47,7 @@ def build_callbacks(cfg: DictConfig, model: GenerativeModel) -> list[pl.Callback
         if conf.get("monitor") == "auto":  # each family knows which validation metric means "better"
             kwargs["monitor"] = model.default_monitor
         callbacks.append(build(conf, f"callback '{name}'", **kwargs))
-    return callbacks
+    return link_callbacks(callbacks)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -98,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero and cfg.get("print_config", True):
         print_config_tree(cfg)
     if HydraConfig.initialized():
-        install_ddp_child_command()
+        install_ddp_child_command(ddp_child_command)
 
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, f"datamodule '{cfg.data._target_}'")
@@ -133,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        save_final_last_checkpoint(trainer)
+        save_final_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(
             family=model.family,
@@ -142,21 +103,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             num_parameters=model.num_parameters(),
         )
         if trainer.is_global_zero:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic_write_json(output_dir / "metrics.json", metrics)
     finally:
         finish_wandb()
     return metrics
-
-
-def save_final_last_checkpoint(trainer: pl.Trainer) -> None:
-    """ModelCheckpoint refreshes last.ckpt at validation or epoch end; a run stopped mid-epoch (by
-    max_steps, max_time or the benchmark's budget) would otherwise leave a last.ckpt that is not
-    the final model. Collective under DDP: every rank calls it, rank 0 writes."""
-    cb = trainer.checkpoint_callback
-    if cb is None or not getattr(cb, "save_last", False) or not cb.dirpath:
-        return
-    if getattr(cb, "_last_global_step_saved", None) != trainer.global_step or not cb.last_model_path:
-        trainer.save_checkpoint(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
 
 
 def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
@@ -173,25 +123,16 @@ def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
     """``fail_soft``: write the error to ``<run dir>/failed.json`` instead of ending the sweep, so
     the other jobs of a benchmark still run and the report can show this one as failed."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    overrides: list[str] = []
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        overrides = list(HydraConfig.get().overrides.task)
-    (output_dir / "failed.json").write_text(
-        json.dumps(
-            {
-                "family": str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1].lower(),
-                "seed": cfg.get("seed"),
-                "error": str(error),
-                "type": type(error).__name__,
-                "overrides": overrides,
-                "traceback": "".join(traceback.format_exception(error)),
-            },
-            indent=2,
-        )
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    write_failure(
+        Path(cfg.paths.output_dir),
+        family=family_of_config(cfg.get("model")),
+        seed=cfg.get("seed"),
+        error=error,
+        overrides=overrides,
+        details="".join(traceback.format_exception(error)),
     )
     log.error("Job failed (fail_soft=true, the sweep goes on): %s: %s", type(error).__name__, error)
 

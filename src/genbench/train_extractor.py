@@ -17,8 +17,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR
-from genbench.config import build, user_errors
-from genbench.metrics.extractors import ensure_in_domain_extractor, extractor_report
+from genbench.config import build
+from genbench.errors import user_errors
+from genbench.metrics.in_domain_training import ensure_in_domain_extractor, extractor_report
 
 log = logging.getLogger("genbench.train_extractor")
 

@@ -7,9 +7,11 @@ inside training batches (from batch start to batch end: forward, backward, optim
 validation, evaluation, sample grids or checkpointing). When either limit is reached, training
 stops at the end of that batch.
 
-It also triggers evaluations at fixed fractions of the budget (``eval_at``), so every family is
-measured at the same points of its training curve, and tells the evaluation callback how far
-training has come (``training_progress()``) so each measurement records images seen and seconds.
+It also marks fixed fractions of the budget (``eval_at``) at which an
+:class:`~genbench.callbacks.EvaluationCallback` linked to it evaluates, so every family is measured
+at the same points of its training curve, and reports how far training has come
+(``training_progress()``) so each measurement records images seen and seconds. The budget knows
+nothing of evaluation: the evaluation callback asks it (:meth:`TrainingBudget.evaluation_due`).
 
 On a GPU the per-batch timer reads the host clock without synchronising (a sync per step would
 slow training); steady-state throughput makes the sum accurate to within one step's latency.
@@ -24,7 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from genbench import GenbenchError
+from genbench.errors import GenbenchError
 
 
 class TrainingBudget(pl.Callback):
@@ -85,14 +87,17 @@ class TrainingBudget(pl.Callback):
             self.train_seconds = float(trainer.strategy.broadcast(self.train_seconds, src=0))
         if self.batches % self.log_every_n_steps == 0:
             pl_module.log_dict({f"budget/{k}": float(v) for k, v in self.training_progress().items()})
-        fraction = self.fraction()
-        while self._next_eval < len(self.eval_at) and fraction >= self.eval_at[self._next_eval] - 1e-9:
-            self._next_eval += 1
-            for cb in trainer.callbacks:
-                if hasattr(cb, "evaluate_now"):
-                    cb.evaluate_now(trainer, pl_module)
-        if fraction >= 1.0:
+        if self.fraction() >= 1.0:
             trainer.should_stop = True
+
+    def evaluation_due(self) -> bool:
+        """Whether training has crossed the next ``eval_at`` fraction since the last call (several
+        fractions crossed in one batch count once). Called after this batch was counted."""
+        due = False
+        while self._next_eval < len(self.eval_at) and self.fraction() >= self.eval_at[self._next_eval] - 1e-9:
+            self._next_eval += 1
+            due = True
+        return due
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``budget.json``: the budget, what was spent, and the training throughput."""

@@ -136,9 +136,9 @@ class ImageDataModule(pl.LightningDataModule):
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         if self.limit_train is not None:
             train_idx = train_idx[: self.limit_train]
-        labels = pool_labels if pool_labels is not None else None
-        self._splits["train"] = ImageTensorDataset(pool[train_idx], None if labels is None else labels[train_idx])
-        self._splits["val"] = ImageTensorDataset(pool[val_idx], None if labels is None else labels[val_idx])
+        for split, idx in (("train", train_idx), ("val", val_idx)):
+            labels = None if pool_labels is None else pool_labels[idx]
+            self._splits[split] = ImageTensorDataset(pool[idx], labels)
         test, test_labels = self.load_split("test")
         self._splits["test"] = ImageTensorDataset(self._prepare(test), test_labels)
 

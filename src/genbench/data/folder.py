@@ -22,26 +22,43 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_image_folder(root: Path, image_size: int, channels: int) -> tuple[torch.Tensor, list[Path]]:
-    """Decode, center-crop to square and resize every image; returns uint8 (N, C, S, S)."""
+def load_image_folder(
+    root: str | Path, image_size: int | None = None, channels: int | None = None
+) -> tuple[torch.Tensor, list[Path]]:
+    """Decode every image under ``root`` (recursive, sorted); returns uint8 (N, C, H, W) and the paths.
+
+    With ``image_size`` each image is center-cropped to a square and resized (training data);
+    without it images keep their size, which must then be the same for all (a folder of
+    generated samples to evaluate). ``channels`` 1 or 3 converts; None keeps grayscale files
+    grayscale and makes everything else RGB. The one image-folder reader of genbench, used by
+    ``data=folder`` and by ``genbench-eval input1=<folder>``."""
+    root = Path(root)
     if not root.is_dir():
-        raise GenbenchError(f"Image folder {root} does not exist: set data.root to a directory of images.")
+        raise GenbenchError(f"Image folder {root} does not exist: set data.root (or input1/input2) to a directory.")
     paths = list_images(root)
     if not paths:
         raise GenbenchError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}.")
-    mode = "L" if channels == 1 else "RGB"
     arrays = []
     for p in paths:
         try:
             with Image.open(p) as im:
+                mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if im.mode in ("1", "L", "I", "I;16") else "RGB")
                 im = im.convert(mode)
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.BICUBIC)
-                arrays.append(np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels))
+                if image_size is not None:
+                    side = min(im.size)
+                    left, top = (im.width - side) // 2, (im.height - side) // 2
+                    im = im.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.BICUBIC)
+                arr = np.asarray(im, dtype=np.uint8)
         except OSError as e:
             raise GenbenchError(f"Cannot read image {p}: {e}. Remove or fix the file.") from e
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise GenbenchError(
+            f"Images under {root} have different shapes {shapes[:3]}...: resize them first (or use data=folder "
+            "data.image_size=N, which crops and resizes)."
+        )
+    return torch.from_numpy(np.stack(arrays)).contiguous(), paths
 
 
 class FolderDataModule(ImageDataModule):

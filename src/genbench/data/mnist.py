@@ -104,7 +104,6 @@ class FashionMNISTDataModule(_IDXDataModule):
     torchvision_class = "FashionMNIST"
     debian_dir = DEBIAN_FASHION_MNIST
     debian_package = "dataset-fashion-mnist"
-    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 class MNISTDataModule(_IDXDataModule):

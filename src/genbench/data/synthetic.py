@@ -44,7 +44,6 @@ def make_shapes(n: int, image_size: int, channels: int, seed: int) -> tuple[torc
 
 class SyntheticDataModule(ImageDataModule):
     name = "synthetic"
-    num_classes = NUM_CLASSES
 
     def __init__(self, num_train: int = 512, num_test: int = 256, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -1,20 +1,47 @@
 """The forward (noising) process of DDPM: betas, cumulative alphas, q(x_t|x_0) and the posterior.
 
-Everything is a buffer of a small ``nn.Module`` so it moves with ``.to(device)`` and is saved in
-checkpoints (a resumed run cannot silently switch schedules). Computed in float64, stored float32.
+Every derived quantity is a buffer of a small ``nn.Module`` so it moves with ``.to(device)``.
+The buffers are non-persistent: they are a pure function of the schedule's defining config
+(:meth:`NoiseSchedule.config`), so they are recomputed on construction rather than stored, and
+checkpoints written before a buffer was added still load. What *is* saved is that config: the DDPM
+writes it into every checkpoint and refuses to resume under a different one, so a resumed run
+cannot silently switch schedules. Computed in float64, stored float32.
 """
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from genbench import GenbenchError
 
+#: the T the DDPM paper's beta range (1e-4..0.02) was chosen for; other T are rescaled to it
+REFERENCE_TIMESTEPS = 1000
 
-def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Ho et al. (2020): betas linear in t, scaled here so that any T keeps the same endpoints."""
-    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+def linear_betas(
+    timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999
+) -> torch.Tensor:
+    """Ho et al. (2020): betas linear in t. ``beta_start``/``beta_end`` are the values for
+    T=1000; other T scale both by 1000/T, as improved-diffusion (Nichol & Dhariwal, 2021) does,
+    so that alpha_bar_T stays near zero (~4e-5 for the defaults) whatever T: without it a short
+    schedule never reaches the N(0, I) the samplers start from. T=1000 is unchanged.
+
+    A scaled beta >= 1 would erase the image in one step (alpha_bar = 0, x_0 unrecoverable), so
+    that is an error naming the smallest usable T; betas just below 1 are capped at ``max_beta``
+    like the cosine schedule's.
+    """
+    scale = REFERENCE_TIMESTEPS / timesteps
+    start, end = beta_start * scale, beta_end * scale
+    if max(start, end) >= 1:
+        min_t = math.floor(REFERENCE_TIMESTEPS * max(beta_start, beta_end)) + 1
+        raise GenbenchError(
+            f"A linear noise schedule with timesteps={timesteps} scales its betas by 1000/T to "
+            f"{start:g}..{end:g}, and a beta >= 1 destroys the image in one step: use "
+            f"model.schedule.timesteps>={min_t}, a smaller model.schedule.beta_end, or model.schedule.kind=cosine."
+        )
+    return torch.linspace(start, end, timesteps, dtype=torch.float64).clamp(max=max_beta)
 
 
 def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -30,7 +57,32 @@ def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.gather(0, t).view(-1, *([1] * (ndim - 1)))
 
 
+def _normalized(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in :meth:`NoiseSchedule.config`'s form (plain types, betas None unless linear)."""
+    linear = config.get("kind") == "linear"
+    return {
+        "kind": config.get("kind"),
+        "timesteps": int(config["timesteps"]) if config.get("timesteps") is not None else None,
+        "beta_start": float(config["beta_start"]) if linear and config.get("beta_start") is not None else None,
+        "beta_end": float(config["beta_end"]) if linear and config.get("beta_end") is not None else None,
+    }
+
+
+def _describe(config: dict[str, Any]) -> str:
+    """'linear T=1000, betas 0.0001..0.02' or 'cosine T=100', for error messages."""
+    text = f"{config['kind']} T={config['timesteps']}"
+    if config.get("beta_start") is not None:
+        text += f", betas {config['beta_start']}..{config['beta_end']}"
+    return text
+
+
 class NoiseSchedule(nn.Module):
+    """The forward process for ``timesteps`` steps of a ``kind`` ("linear" or "cosine") schedule.
+
+    ``alpha_bar_float64`` keeps a float64 CPU copy of alpha_bar (a plain attribute, not a buffer)
+    for samplers that derive their own coefficients: differences of float32 alpha_bars cancel.
+    """
+
     def __init__(
         self,
         timesteps: int = 1000,
@@ -39,6 +91,8 @@ class NoiseSchedule(nn.Module):
         beta_end: float = 0.02,
     ) -> None:
         super().__init__()
+        if timesteps < 1:
+            raise GenbenchError(f"A noise schedule needs at least one step, got model.schedule.timesteps={timesteps}.")
         if kind == "linear":
             betas = linear_betas(timesteps, beta_start, beta_end)
         elif kind == "cosine":
@@ -47,8 +101,11 @@ class NoiseSchedule(nn.Module):
             raise GenbenchError(f"Unknown noise schedule '{kind}': use model.schedule.kind=linear or cosine.")
         self.timesteps = timesteps
         self.kind = kind
+        self.beta_start = beta_start
+        self.beta_end = beta_end
         alphas = 1.0 - betas
         alpha_bar = torch.cumprod(alphas, 0)
+        self.alpha_bar_float64 = alpha_bar
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         # beta-tilde: variance of q(x_{t-1} | x_t, x_0); zero at t=0.
         posterior_var = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
@@ -66,6 +123,32 @@ class NoiseSchedule(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
+
+    def config(self) -> dict[str, Any]:
+        """What defines this schedule (the buffers follow from it): saved in DDPM checkpoints.
+
+        The beta range only defines a linear schedule, so a cosine one records it as None: a
+        different (unused) beta_end must not make a checkpoint look incompatible."""
+        linear = self.kind == "linear"
+        return {
+            "kind": self.kind,
+            "timesteps": self.timesteps,
+            "beta_start": self.beta_start if linear else None,
+            "beta_end": self.beta_end if linear else None,
+        }
+
+    def check_matches(self, saved: dict[str, Any], source: str = "The checkpoint") -> None:
+        """Raise a one-line GenbenchError if ``saved`` (another schedule's :meth:`config`) differs
+        from this schedule: weights trained for one schedule predict the wrong noise under another,
+        and resuming would silently continue training on a different objective."""
+        saved = _normalized(saved)
+        if saved == self.config():
+            return
+        flags = " ".join(f"model.schedule.{k}={v}" for k, v in saved.items() if v is not None)
+        raise GenbenchError(
+            f"{source} was trained with the {_describe(saved)} noise schedule but this run uses "
+            f"{_describe(self.config())}: resume with {flags}, or start a new run (no ckpt_path, a new hydra.run.dir)."
+        )
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) in closed form."""

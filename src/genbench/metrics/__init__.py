@@ -1,34 +1,33 @@
-"""Evaluation: feature extractors registered with torch-fidelity, metric computation with a
-verified real-statistics cache, pure reference implementations, and the training callback."""
+"""Evaluation as torch-fidelity does it, with extraction and caching around pure metrics.
 
-from genbench.metrics.callback import EvaluationCallback
-from genbench.metrics.extractors import (
-    EXTRACTOR_CHOICES,
-    IN_DOMAIN,
-    INCEPTION,
-    ExtractorSpec,
-    InDomainExtractor,
-    ensure_in_domain_extractor,
-    in_domain_spec,
-    inception_spec,
-    resolve_extractor,
-    train_in_domain_extractor,
-)
-from genbench.metrics.fidelity import (
-    Evaluator,
-    MetricsConfig,
-    UInt8ImageDataset,
-    check_images,
-    compute_metrics,
-    real_cache_key,
-    sample_uint8,
-)
+* :mod:`~genbench.metrics.settings` -- the ``metrics`` config group (:class:`MetricsConfig`);
+* :mod:`~genbench.metrics.spec`, :mod:`~genbench.metrics.extractors` -- which feature extractor;
+  :mod:`~genbench.metrics.in_domain` (+ ``_training``) and :mod:`~genbench.metrics.inception` the two kinds;
+* :mod:`~genbench.metrics.images` -- images checked and converted for torch-fidelity;
+* :mod:`~genbench.metrics.fidelity` -- the one torch-fidelity call, :mod:`~genbench.metrics.real_cache`
+  its verified cache of the real side;
+* :mod:`~genbench.metrics.evaluator` -- :class:`Evaluator`, what every evaluation path uses;
+* :mod:`~genbench.metrics.functional` -- the formulas, written independently, for tests and notebooks.
+
+The Lightning callback that evaluates during training is :class:`genbench.callbacks.EvaluationCallback`.
+"""
+
+from genbench.metrics.evaluator import Evaluator
+from genbench.metrics.extractors import EXTRACTOR_CHOICES, resolve_extractor
+from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
+from genbench.metrics.images import UInt8ImageDataset, check_images, sample_uint8
+from genbench.metrics.in_domain import InDomainExtractor, in_domain_spec
+from genbench.metrics.in_domain_training import ensure_in_domain_extractor, train_in_domain_extractor
+from genbench.metrics.inception import inception_spec
+from genbench.metrics.real_cache import real_cache_key
+from genbench.metrics.settings import MetricsConfig
+from genbench.metrics.spec import IN_DOMAIN, INCEPTION, ExtractorSpec
 
 __all__ = [
     "EXTRACTOR_CHOICES",
     "INCEPTION",
     "IN_DOMAIN",
-    "EvaluationCallback",
+    "RESULT_NAMES",
     "Evaluator",
     "ExtractorSpec",
     "InDomainExtractor",

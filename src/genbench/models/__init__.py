@@ -15,7 +15,27 @@ from genbench.models.vae import VAE
 
 FAMILIES: dict[str, type[GenerativeModel]] = {"gan": GAN, "vae": VAE, "ddpm": DDPM}
 
-__all__ = ["DDPM", "FAMILIES", "GAN", "VAE", "GenerativeModel", "load_model_from_checkpoint", "read_checkpoint"]
+__all__ = [
+    "DDPM",
+    "FAMILIES",
+    "GAN",
+    "VAE",
+    "GenerativeModel",
+    "checkpoint_family",
+    "family_of_config",
+    "load_model_from_checkpoint",
+    "read_checkpoint",
+]
+
+
+def family_of_config(model_cfg: Any) -> str | None:
+    """The family a ``model`` config builds (from its ``_target_``), without building it: what a
+    failed job records when the model itself could not be made. None for anything unknown."""
+    target = str((model_cfg or {}).get("_target_", "")) if hasattr(model_cfg, "get") else ""
+    for name, cls in FAMILIES.items():
+        if target in (f"{cls.__module__}.{cls.__name__}", f"genbench.models.{cls.__name__}"):
+            return name
+    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

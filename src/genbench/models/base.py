@@ -7,7 +7,6 @@ evaluation callback, ``genbench-eval`` and the benchmark rely on nothing else.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench import GenbenchError, __version__
+from genbench.reproducibility import randn
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any] | None
@@ -43,9 +43,10 @@ class GenerativeModel(pl.LightningModule):
         return (self.channels, self.image_size, self.image_size)
 
     # --- the sampling contract ---------------------------------------------------------------
-    @abstractmethod
     def _sample_batch(self, n: int, generator: torch.Generator | None, **kwargs: Any) -> torch.Tensor:
-        """Draw n images (any float dtype, roughly in [-1, 1]) with gradients off and eval mode on."""
+        """Draw n images (any float dtype, roughly in [-1, 1]) with gradients off and eval mode on.
+        Every family implements it; ``sample()`` is the contract callers use."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _sample_batch(n, generator).")
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
@@ -68,8 +69,7 @@ class GenerativeModel(pl.LightningModule):
     def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise drawn on the generator's device, then moved to the module's: a
         CPU generator gives the same samples whatever device the model runs on."""
-        device = generator.device if generator is not None else self.device
-        return torch.randn(*shape, generator=generator, device=device).to(self.device)
+        return randn(shape, generator, device=self.device)
 
     # --- shared plumbing ----------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -18,6 +18,9 @@ from genbench.diffusion import NoiseSchedule, Sampler
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
 
+#: where DDPM checkpoints keep ``NoiseSchedule.config()``
+SCHEDULE_KEY = "genbench_schedule"
+
 
 class DDPM(GenerativeModel):
     family = "ddpm"
@@ -42,10 +45,26 @@ class DDPM(GenerativeModel):
         self.schedule = schedule
         self.sampler = sampler.bind(schedule)
         self.ema = EMA(net, decay=ema_decay)
-        self._factories = (optimizer, scheduler)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
 
     def configure_optimizers(self) -> Any:
-        return self.build_optimizer(*self._factories, self.net.parameters())
+        return self.build_optimizer(self.optimizer_factory, self.scheduler_factory, self.net.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also record the noise schedule: its buffers are not in the state dict, and the weights
+        only make sense under the schedule they were trained with."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[SCHEDULE_KEY] = self.schedule.config()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume (or load) under a different schedule than the checkpoint's, with one
+        line saying which overrides restore it. Checkpoints from before the schedule was recorded
+        carry none and load unchecked."""
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(SCHEDULE_KEY)
+        if saved is not None:
+            self.schedule.check_matches(saved, source="The checkpoint")
 
     def diffusion_loss(
         self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None

@@ -71,15 +71,20 @@ class GAN(GenerativeModel):
         self.discriminator = discriminator
         self.loss_kind = loss
         self.d_steps_per_g_step = d_steps_per_g_step
-        self._factories = (optimizer_g, optimizer_d, scheduler_g, scheduler_d)
+        self.optimizer_factories = {"generator": optimizer_g, "discriminator": optimizer_d}
+        self.scheduler_factories = {"generator": scheduler_g, "discriminator": scheduler_d}
         self.z_dim = generator.z_dim
 
     def configure_optimizers(self) -> Any:
-        opt_g, opt_d, sch_g, sch_d = self._factories
-        g = opt_g(params=self.generator.parameters())
-        d = opt_d(params=self.discriminator.parameters())
-        schedulers = [s(optimizer=o) for s, o in ((sch_g, g), (sch_d, d)) if s is not None]
-        return [g, d], schedulers
+        # Order matters: self.optimizers() returns (G's, D's) and the steps below rely on it.
+        nets = {"generator": self.generator, "discriminator": self.discriminator}
+        optimizers = {name: self.optimizer_factories[name](params=net.parameters()) for name, net in nets.items()}
+        schedulers = [
+            factory(optimizer=optimizers[name])
+            for name, factory in self.scheduler_factories.items()
+            if factory is not None
+        ]
+        return [optimizers["generator"], optimizers["discriminator"]], schedulers
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """One update of D only: fakes are detached, and only D's optimiser steps."""

@@ -64,11 +64,12 @@ class VAE(GenerativeModel):
         learn = likelihood == "gaussian" and sigma is None
         init = 0.0 if sigma is None else math.log(sigma)
         self.log_sigma = nn.Parameter(torch.tensor(init), requires_grad=learn)
-        self._factories = (optimizer, scheduler)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        return self.build_optimizer(*self._factories, params)
+        return self.build_optimizer(self.optimizer_factory, self.scheduler_factory, params)
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)

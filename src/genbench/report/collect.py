@@ -10,7 +10,10 @@ from typing import Any
 
 import yaml
 
-from genbench import GenbenchError
+from genbench import rundir
+from genbench.errors import GenbenchError
+from genbench.io import read_json
+from genbench.models import family_of_config
 
 
 @dataclass
@@ -28,43 +31,32 @@ class RunResult:
     grid: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return f"{self.family} (seed {self.seed})" if self.seed is not None else self.family
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
 
 def load_run(run_dir: str | Path) -> RunResult:
     run = Path(run_dir)
     config = {}
-    if (run / "config_resolved.yaml").is_file():
-        config = yaml.safe_load((run / "config_resolved.yaml").read_text()) or {}
-    failed = _json(run / "failed.json")
-    target = str((config.get("model") or {}).get("_target_", ""))
-    family = target.rsplit(".", 1)[-1].lower() if target else (failed or {}).get("family", "?")
+    if (run / rundir.CONFIG).is_file():
+        config = yaml.safe_load((run / rundir.CONFIG).read_text()) or {}
+    failed = read_json(run / rundir.FAILED)
+    train = read_json(run / rundir.METRICS) or {}
+    # who wrote the run says which family it is; the config only for runs that never finished
+    family = train.get("family") or (failed or {}).get("family") or family_of_config(config.get("model")) or "?"
     seed = config.get("seed", (failed or {}).get("seed"))
     history = []
-    if (run / "eval" / "metrics.jsonl").is_file():
-        for line in (run / "eval" / "metrics.jsonl").read_text().splitlines():
+    if (run / rundir.EVAL_HISTORY).is_file():
+        for line in (run / rundir.EVAL_HISTORY).read_text().splitlines():
             try:
                 history.append(json.loads(line))
             except ValueError:
                 continue
-    final = _json(run / "eval" / "final.json") or (history[-1] if history else {})
-    train = _json(run / "metrics.json") or {}
+    final = read_json(run / rundir.EVAL_FINAL) or (history[-1] if history else {})
     if failed:
         status, error = "failed", f"{failed.get('type', 'Error')}: {failed.get('error', '')}"
     elif train:
         status, error = "ok", None
     else:
         status, error = "incomplete", "no metrics.json: the job did not finish (still running, killed or crashed)"
-    grid = run / "samples" / "final.png"
+    grid = run / rundir.FINAL_GRID
     return RunResult(
         run_dir=run,
         family=family,
@@ -72,17 +64,17 @@ def load_run(run_dir: str | Path) -> RunResult:
         status=status,
         error=error,
         train=train,
-        budget=_json(run / "budget.json") or {},
+        budget=read_json(run / rundir.BUDGET) or {},
         final=final,
         history=history,
-        sampling=_json(run / "sampling.json") or [],
+        sampling=read_json(run / rundir.SAMPLING) or [],
         grid=grid if grid.is_file() else None,
         config=config,
     )
 
 
 def is_run_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in ("config_resolved.yaml", "failed.json", ".hydra"))
+    return any((path / name).exists() for name in (rundir.CONFIG, rundir.FAILED, ".hydra"))
 
 
 def find_runs(paths: list[str | Path]) -> list[RunResult]:

@@ -1,4 +1,6 @@
-"""Pictures for reports: sample grids side by side, metric plots."""
+"""Pictures for reports built from image files: sample grids placed side by side with labels.
+
+Plots of numbers are in :mod:`genbench.report.plots`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 At the end of training, ``SamplingBenchmark`` times ``sample()`` of the final model for each
 configured sampler (the DDPM: ancestral and DDIM at several step counts; the GAN and VAE have one
-way to sample) and, when an :class:`EvaluationCallback` is present, evaluates each non-default
+way to sample) and, when linked to the run's :class:`EvaluationCallback` (``link_callbacks``), evaluates each non-default
 sampler with the same evaluator and sample count, so "quality against sampling steps" and
 "quality against sampling cost" come from one protocol. Results go to ``<run>/sampling.json``.
 
@@ -21,17 +21,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genbench.metrics.callback import EvaluationCallback, preserved_training_state
-from genbench.metrics.fidelity import sample_uint8
+from genbench.callbacks.evaluation import EvaluationCallback
+from genbench.metrics import sample_uint8
+from genbench.reproducibility import preserved_training_state
 
 log = logging.getLogger("genbench.metrics")
-
-
-def sampler_label(sampler: Any) -> str:
-    if sampler is None:
-        return "default"
-    steps = getattr(sampler, "steps", None)
-    return f"{sampler.name}-{steps}" if steps is not None else str(sampler.name)
 
 
 def time_sampling(model: pl.LightningModule, n: int, sampler: Any = None, seed: int = 0) -> dict[str, float]:
@@ -73,12 +67,14 @@ class SamplingBenchmark(pl.Callback):
         self.timing_only = set(timing_only)
         self.filename = filename
         self.results: list[dict[str, Any]] = []
+        #: the run's evaluation callback (set by ``link_callbacks``): its protocol scores each sampler
+        self.evaluation: EvaluationCallback | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run or not trainer.is_global_zero:
             return
         takes_sampler = getattr(pl_module, "supports_samplers", False)
-        evaluation = next((cb for cb in trainer.callbacks if isinstance(cb, EvaluationCallback)), None)
+        evaluation = self.evaluation
         candidates: dict[str, Any] = {"default": None}
         if takes_sampler:
             candidates.update(self.samplers)
@@ -86,10 +82,11 @@ class SamplingBenchmark(pl.Callback):
             for name, sampler in candidates.items():
                 if sampler is not None:
                     sampler = sampler.bind(pl_module.schedule)
+                # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
+                used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
                 entry: dict[str, Any] = {
-                    # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
-                    "sampler": sampler_label(sampler if sampler is not None else getattr(pl_module, "sampler", None)),
-                    "steps": getattr(sampler or getattr(pl_module, "sampler", None), "num_steps", 1),
+                    "sampler": used.label if used is not None else "default",
+                    "steps": used.num_steps if used is not None else 1,
                     **time_sampling(pl_module, self.num_images, sampler),
                 }
                 if name == "default" and evaluation is not None and evaluation.last_result is not None:
@@ -101,7 +98,7 @@ class SamplingBenchmark(pl.Callback):
                         torch.Generator().manual_seed(evaluation.seed),
                         sampler=sampler,
                     )
-                    entry["metrics"] = EvaluationCallback.scalars(evaluation._evaluator(trainer).evaluate(images))
+                    entry["metrics"] = EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images))
                 self.results.append(entry)
                 log.info(
                     "Sampling %s: %.1f images/s %s",

@@ -1,9 +1,11 @@
-"""Small, dependable building blocks for on-disk caches shared by concurrent jobs.
+"""Files that are never half-written: atomic writes, exclusive locks, content hashes.
 
 A sweep starts many jobs at once that all want the same in-domain extractor and the same real
-statistics. Everything here is designed so that two jobs never see a half-written file: writes go
-to a temporary file that is renamed into place (atomic on POSIX), and work that must happen once
-is done under an exclusive ``flock`` whose holder re-checks the cache after acquiring it.
+statistics, and a job can be killed at any instant (preemption, ``kill -9``). Everything genbench
+writes that another process may read goes through here, so no reader ever sees a half-written
+file: writes go to a temporary file in the same directory that is renamed into place (atomic on
+POSIX), and work that must happen once is done under an exclusive ``flock`` whose holder
+re-checks the cache after acquiring it.
 """
 
 from __future__ import annotations
@@ -63,34 +65,35 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto ``path``
+    (atomic on POSIX), when it fails it is removed and ``path`` is left as it was. The one way
+    genbench replaces a file that someone else may be reading or that a kill could interrupt."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def read_json(path: str | Path) -> Any | None:

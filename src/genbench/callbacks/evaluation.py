@@ -2,13 +2,15 @@
 
 The callback knows nothing of the family it evaluates: it calls ``pl_module.sample(n, generator,
 **sample_kwargs)`` (plus ``sampler=`` when one is configured; GAN and VAE ignore it, the DDPM uses
-it with its EMA weights) and hands the images to :class:`~genbench.metrics.fidelity.Evaluator`.
+it with its EMA weights) and hands the images to :class:`~genbench.metrics.Evaluator`.
 
 Where it runs: at the end of every ``every_n_epochs``-th epoch -- inside the epoch's final
 validation when there is one, so that ``ModelCheckpoint(monitor="eval/fid")`` (which saves at
 validation end) sees the fresh value; otherwise at train-epoch end -- and/or every
 ``every_n_train_steps`` steps, and once more at the end of training unless the last evaluation
-was already at the final step.
+was already at the final step. Linked to a :class:`~genbench.callbacks.TrainingBudget`
+(``genbench.callbacks.link_callbacks`` does it), it also evaluates at the budget's fractions and
+records the images seen and training seconds of each measurement.
 
 Under DDP each rank draws its share of the samples with its own fixed generator, the shares are
 gathered, rank 0 computes (torch-fidelity has no DDP support) and broadcasts the result, so every
@@ -21,41 +23,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from genbench import GenbenchError
-from genbench.metrics.cache import atomic_write_json
-from genbench.metrics.fidelity import RESULT_NAMES, Evaluator, MetricsConfig, sample_uint8
+from genbench.callbacks.budget import TrainingBudget
+from genbench.errors import GenbenchError
+from genbench.io import atomic_write_json
+from genbench.metrics import RESULT_NAMES, Evaluator, MetricsConfig, sample_uint8
+from genbench.reproducibility import preserved_training_state
 
 log = logging.getLogger("genbench.metrics")
 
 PREFIX = "eval/"
-
-
-@contextmanager
-def preserved_training_state(module: torch.nn.Module) -> Iterator[None]:
-    """Restore all RNG streams and each submodule's train/eval flag after the block, so an
-    evaluation cannot change what training does next (same batches, same dropout masks)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    modes = [(m, m.training) for m in module.modules()]
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            for m, training in modes:
-                m.training = training
 
 
 class EvaluationCallback(pl.Callback):
@@ -91,8 +75,7 @@ class EvaluationCallback(pl.Callback):
     ) -> None:
         if num_samples < 2:
             raise GenbenchError(f"The evaluation callback needs num_samples >= 2, got {num_samples}.")
-        self.cfg = MetricsConfig.from_mapping(metrics)
-        self.cfg.num_samples = num_samples
+        self.cfg = MetricsConfig.from_mapping(metrics).replace(num_samples=num_samples)
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs or 0
         self.every_n_train_steps = every_n_train_steps or 0
@@ -104,7 +87,10 @@ class EvaluationCallback(pl.Callback):
         self.cache_dir = cache_dir
         self.output_dir = output_dir
         self.skip_fast_dev_run = skip_fast_dev_run
-        self.evaluator: Evaluator | None = None
+        self._evaluator: Evaluator | None = None
+        #: the run's budget, when there is one (set by ``link_callbacks``): evaluate at its
+        #: fractions and record its progress with each result
+        self.budget: TrainingBudget | None = None
         self.last_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._last_step = -1
@@ -130,12 +116,9 @@ class EvaluationCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         n = self.every_n_train_steps
-        if n > 0 and self._active(trainer) and trainer.global_step > 0 and trainer.global_step % n == 0:
-            self._run(trainer, pl_module, can_log=True)
-
-    def evaluate_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate at a point chosen by another callback (TrainingBudget's fractions of the budget)."""
-        if self._active(trainer):
+        by_step = n > 0 and trainer.global_step > 0 and trainer.global_step % n == 0
+        by_budget = self.budget is not None and self.budget.evaluation_due()
+        if (by_step or by_budget) and self._active(trainer):
             self._run(trainer, pl_module, can_log=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -143,15 +126,17 @@ class EvaluationCallback(pl.Callback):
             self._run(trainer, pl_module, can_log=False, final=True)
 
     # --- what ----------------------------------------------------------------------------------
-    def _evaluator(self, trainer: pl.Trainer) -> Evaluator:
-        if self.evaluator is None:
+    def evaluator(self, trainer: pl.Trainer) -> Evaluator:
+        """The run's evaluator (built on first use: the in-domain extractor may be trained then).
+        Rank 0 only: other callbacks that score images with this protocol use it too."""
+        if self._evaluator is None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "real_images"):
                 raise GenbenchError(
                     "The evaluation callback needs a genbench ImageDataModule (trainer.fit(model, datamodule=...))."
                 )
-            self.evaluator = Evaluator.for_datamodule(datamodule, self.cfg, cache_dir=self.cache_dir)
-        return self.evaluator
+            self._evaluator = Evaluator.for_datamodule(datamodule, self.cfg, cache_dir=self.cache_dir)
+        return self._evaluator
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, can_log: bool, final: bool = False) -> None:
         if trainer.global_step == self._last_step:  # the model has not changed since the last evaluation
@@ -164,9 +149,8 @@ class EvaluationCallback(pl.Callback):
         result.update(
             epoch=trainer.current_epoch, step=trainer.global_step, seconds=round(time.perf_counter() - start, 2)
         )
-        for cb in trainer.callbacks:  # e.g. TrainingBudget: images seen and pure training seconds so far
-            if hasattr(cb, "training_progress"):
-                result.update(cb.training_progress())
+        if self.budget is not None:  # images seen and pure training seconds so far
+            result.update(self.budget.training_progress())
         self.last_result = result
         self.history.append(result)
         scalars = self.scalars(result)
@@ -225,7 +209,7 @@ class EvaluationCallback(pl.Callback):
             result: dict[str, Any] | None = None
             if trainer.is_global_zero:
                 try:
-                    result = self._evaluator(trainer).evaluate(images)
+                    result = self.evaluator(trainer).evaluate(images)
                 except GenbenchError as e:
                     result = {"error": str(e)}
             if world > 1:

@@ -1,0 +1,23 @@
+"""Running genbench on a cluster, so that ``models/`` and ``nets/`` never learn about a scheduler.
+
+* :mod:`~genbench.cluster.resources`: the training config turned into a SLURM request (resolvers
+  of ``conf/hydra/launcher/*.yaml``);
+* :mod:`~genbench.cluster.preflight`: checks of that request before anything is submitted;
+* :mod:`~genbench.cluster.environment`: what a run does differently inside a SLURM job (the
+  requeue callback, Lightning's SLURM environment without its own auto-requeue, the restart count).
+
+The requeue mechanism itself is a Lightning callback, :class:`genbench.callbacks.SlurmRequeue`.
+"""
+
+from genbench.cluster.environment import cluster_callbacks, cluster_plugins, in_slurm_job, slurm_restart_count
+from genbench.cluster.preflight import LauncherPreflight, check_launcher, check_partition
+
+__all__ = [
+    "LauncherPreflight",
+    "check_launcher",
+    "check_partition",
+    "cluster_callbacks",
+    "cluster_plugins",
+    "in_slurm_job",
+    "slurm_restart_count",
+]

@@ -1,0 +1,170 @@
+"""Checks before a sweep reaches the queue, so a typo in a partition costs seconds, not a queue wait.
+
+:class:`LauncherPreflight` is a Hydra callback of ``hydra/launcher={slurm,local}``: at multirun
+start, in the submitting process, before the sweeper builds the launcher, it checks the request
+against the training config (tasks per node = devices, GPUs for a GPU trainer, nodes) and against
+the cluster as ``sinfo`` describes it (the partition exists; a node has the GPUs, memory and CPUs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig
+
+from genbench.cluster.resources import as_int, devices_per_node, uses_gpus
+from genbench.errors import GenbenchError, user_errors
+
+log = logging.getLogger("genbench.cluster")
+
+SUBMITIT_INSTALL = "pip install 'submitit==1.5.4' 'hydra-submitit-launcher==1.2.0' (both are genbench dependencies)"
+
+
+def _sinfo(*args: str) -> list[str] | None:
+    """Lines of ``sinfo -h ARGS``, or None where sinfo is missing or does not answer."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def _gres_gpus(gres: str) -> int:
+    """GPUs per node from sinfo's %G (``gpu:4``, ``gpu:a100:8(S:0-1)``, ``(null)``)."""
+    counts = [int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres)]
+    return max(counts, default=0)
+
+
+def _memory_mb(mem: str) -> int | None:
+    return as_int(mem.rstrip("+"))
+
+
+def check_partition(partition: str | None, gpus_per_node: int, mem_gb: Any, cpus_per_node: int) -> None:
+    """Against ``sinfo``: the partition exists and one of its nodes has the GPUs, memory and CPUs
+    a node of this job asks for. Skipped where sinfo is unavailable (submitting from elsewhere)."""
+    rows = _sinfo("-o", "%P|%G|%m|%c")
+    if rows is None:
+        log.info("sinfo is not available: cannot check partition/resources before submission.")
+        return
+    parts = [r.split("|") for r in rows]
+    names = sorted({p[0].rstrip("*") for p in parts})
+    if partition is None:
+        chosen = [p for p in parts if p[0].endswith("*")]
+        where = "the default partition"
+        if not chosen:
+            return
+    else:
+        chosen = [p for p in parts if p[0].rstrip("*") == partition]
+        where = f"partition '{partition}'"
+        if not chosen:
+            raise GenbenchError(
+                f"SLURM has no partition '{partition}' (sinfo knows: {', '.join(names) or 'none'}): set "
+                "hydra.launcher.partition=<one of those> (or SBATCH_PARTITION), or null for the default partition."
+            )
+    gpus = max(_gres_gpus(p[1]) for p in chosen)
+    if gpus_per_node > gpus:
+        raise GenbenchError(
+            f"The job asks for {gpus_per_node} GPU(s) per node but nodes of {where} have at most {gpus} "
+            f"(sinfo gres: {', '.join(sorted({p[1] for p in chosen}))}): lower trainer.devices (and "
+            "hydra.launcher.gpus_per_node), raise trainer.num_nodes, or pick a GPU partition."
+        )
+    mem = max((_memory_mb(p[2]) or 0) for p in chosen)
+    want = as_int(mem_gb)
+    if want is not None and mem and want * 1024 > mem:
+        raise GenbenchError(
+            f"hydra.launcher.mem_gb={want} is more than a node of {where} has ({mem} MB): lower hydra.launcher.mem_gb."
+        )
+    cpus = max((as_int(p[3].rstrip("+")) or 0) for p in chosen)
+    if cpus and cpus_per_node > cpus:
+        raise GenbenchError(
+            f"The job asks for {cpus_per_node} CPUs per node (tasks_per_node x cpus_per_task) but nodes of {where} "
+            f"have {cpus}: lower hydra.launcher.cpus_per_task (or data.num_workers)."
+        )
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """Everything about a submitit launch that can be known before submission. Raises
+    :class:`GenbenchError` with one message that says what to change."""
+    launcher = cfg.hydra.launcher
+    target = str(launcher.get("_target_", ""))
+    slurm = target.endswith("SlurmLauncher")
+    try:
+        import hydra_plugins.hydra_submitit_launcher.submitit_launcher  # noqa: F401
+        import submitit  # noqa: F401
+    except ImportError as e:
+        raise GenbenchError(
+            f"hydra/launcher={'slurm' if slurm else 'local'} needs submitit and the Hydra submitit launcher "
+            f"({e}): {SUBMITIT_INSTALL}."
+        ) from None
+
+    trainer = cfg.get("trainer") or {}
+    accelerator, devices = trainer.get("accelerator"), trainer.get("devices")
+    per_node = devices_per_node(devices)
+    tasks = as_int(launcher.get("tasks_per_node")) or 1
+    gpus = as_int(launcher.get("gpus_per_node")) or 0
+    nodes = as_int(launcher.get("nodes")) or 1
+    num_nodes = as_int(trainer.get("num_nodes")) or 1
+    if not slurm:
+        if tasks != 1 or nodes != 1:
+            raise GenbenchError(
+                "hydra/launcher=local runs one process per job and lets Lightning start the DDP ranks: keep "
+                "hydra.launcher.tasks_per_node=1 and nodes=1 (use hydra/launcher=slurm for multi-task jobs)."
+            )
+        return
+    if per_node is None and (trainer.get("strategy") is not None or tasks > 1):
+        raise GenbenchError(
+            f"trainer.devices={devices} ('all devices') cannot size a SLURM request: set trainer.devices=N, the "
+            "number of GPUs (or CPU processes) per node, e.g. trainer=ddp trainer.devices=4."
+        )
+    if per_node is not None and tasks != per_node:
+        raise GenbenchError(
+            f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}: Lightning under SLURM runs one "
+            "task per device; leave tasks_per_node at its default (${trainer.devices}) or make them equal."
+        )
+    if nodes != num_nodes:
+        raise GenbenchError(
+            f"hydra.launcher.nodes={nodes} but trainer.num_nodes={num_nodes}: set trainer.num_nodes (the launcher "
+            "follows it by default) so both agree."
+        )
+    if uses_gpus(accelerator):
+        if gpus == 0:
+            raise GenbenchError(
+                f"trainer.accelerator={accelerator} but the job asks for no GPUs (hydra.launcher.gpus_per_node="
+                f"{launcher.get('gpus_per_node')}): set hydra.launcher.gpus_per_node=N or use trainer=cpu."
+            )
+        if per_node is not None and per_node > gpus:
+            raise GenbenchError(
+                f"trainer.devices={devices} is more GPUs per node than the job asks for (hydra.launcher."
+                f"gpus_per_node={gpus}): lower trainer.devices or raise hydra.launcher.gpus_per_node."
+            )
+    if shutil.which("sbatch") is None:
+        raise GenbenchError(
+            "hydra/launcher=slurm submits with sbatch, which is not on PATH: run from a SLURM login node, or use "
+            "hydra/launcher=local to run the sweep on this machine."
+        )
+    cpus_per_task = as_int(launcher.get("cpus_per_task")) or 1
+    check_partition(launcher.get("partition"), gpus, launcher.get("mem_gb"), tasks * cpus_per_task)
+
+
+class LauncherPreflight(HydraCallback):
+    """Hydra callback of ``hydra/launcher={slurm,local}``: runs :func:`check_launcher` in the
+    submitting process at multirun start, i.e. before the sweeper builds the launcher and before
+    anything reaches the queue. Errors end the process with one line and status 1."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with user_errors():
+            check_launcher(config)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("SLURM_JOB_ID") is None and "LOCAL_RANK" not in os.environ:
+            log.warning("hydra/launcher only takes effect with -m (multirun); this run executes here.")
