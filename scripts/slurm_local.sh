@@ -160,8 +160,14 @@ Waittime=0
 InactiveLimit=0
 # A node that was down (e.g. slurmd restarted) comes back by itself.
 ReturnToService=2
+# Preemption, as on shared clusters: a job of the high-priority partition "urgent" that needs
+# the node preempts running jobs of "debug", which SLURM signals (SIGTERM) and requeues
+# (observed: ~3 s after the SIGTERM; GraceTime did not extend it with PreemptMode=REQUEUE).
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=20
+PartitionName=urgent Nodes=$NODE MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
     mv -f "$new" "$CONF"
     # slurmd 22.05 always loads a cgroup plugin even with the plugins above;

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from genbench import CONFIG_DIR, PROJECT_ROOT
+from genbench.tiny import TINY_OVERRIDES
 
 
 @pytest.fixture(autouse=True)
@@ -45,16 +46,7 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
 
 
 # Tiny networks per family, so a CPU test step takes milliseconds (CI has 2 cores).
-TINY = {
-    "gan": ["model.generator.width=8", "model.discriminator.width=8", "model.generator.z_dim=16"],
-    "vae": ["model.encoder.width=8", "model.decoder.width=8", "model.latent_dim=8"],
-    "ddpm": [
-        "model.net.base_channels=8",
-        "model.net.channel_mults=[1,2]",
-        "model.schedule.timesteps=100",
-        "model.sampler.steps=5",
-    ],
-}
+TINY = TINY_OVERRIDES
 
 
 def tiny(family: str) -> list[str]:

@@ -77,7 +77,10 @@ def test_leaderboard_numbers_equal_the_runs_own_metrics(tiny_benchmark: Path) ->
         assert rows[family]["num_samples"] == final["num_samples"] == 200
         # each family was evaluated at the budget's fractions, with the progress recorded
         history = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
-        assert [h["budget_fraction"] >= 0.5 for h in history][:1] == [True]
+        fractions = [h["budget_fraction"] for h in history]
+        # one evaluation at each eval_at fraction ([0.5, 1.0]), in order; none before the first
+        assert fractions == budget["eval_at"] == [0.5, 1.0], (family, fractions)
+        assert [h["step"] for h in history] == sorted({h["step"] for h in history}), family
         assert history[-1]["images_seen"] == budget["images_seen"]
     floor = rows["real vs real (floor)"]
     assert floor["fid"] < min(rows[f]["fid"] for f in ("gan", "vae", "ddpm"))

@@ -96,8 +96,12 @@ def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
         assert sync["world_size"] == 2 and sync["max_abs_diff_parameters"] == 0.0
         cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
         assert cfg["trainer"]["devices"] == 2
-    # the sweep ran exactly once: no nested sweep directories, two "Launching" lines at most
-    assert not list(sweep.rglob("multirun.yaml"))[1:]
+    # the sweep ran exactly once: no nested sweep directories, one "Launching" line, each job once
+    assert list(sweep.rglob("multirun.yaml")) == [sweep / "multirun.yaml"]
+    assert sorted(p.parent for p in sweep.rglob(".hydra")) == _job_dirs(sweep)
+    output = r.stdout + r.stderr
+    assert output.count("Launching") == 1 and "Launching 2 jobs" in output, output[-3000:]
+    assert output.count("\t#0 : ") == output.count("\t#1 : ") == 1
 
 
 def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) -> None:

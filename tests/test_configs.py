@@ -5,6 +5,7 @@ from __future__ import annotations
 from itertools import product
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import compose_train
 from genbench import CONFIG_DIR
@@ -48,10 +49,41 @@ def test_experiments_compose(name: str, tmp_path) -> None:
     assert cfg.model._target_ and cfg.data._target_
 
 
+# What each debug preset (conf/debug/<name>.yaml) sets, as dotted keys of the composed config.
+DEBUG_SETTINGS = {
+    "fast": {
+        "trainer.max_epochs": 1,
+        "trainer.max_steps": 6,
+        "trainer.limit_train_batches": 6,
+        "trainer.limit_val_batches": 2,
+        "trainer.log_every_n_steps": 1,
+        "callbacks.sample_grid.num_samples": 16,
+        "model.sample_batch_size": 16,
+    },
+    "fdr": {"trainer.fast_dev_run": True},
+    "overfit": {
+        "trainer.overfit_batches": 1,
+        "trainer.max_epochs": 50,
+        "trainer.log_every_n_steps": 1,
+        "callbacks.sample_grid.every_n_epochs": 25,
+    },
+}
+
+
+def test_every_debug_preset_is_checked() -> None:
+    assert set(DEBUG) == set(DEBUG_SETTINGS)
+
+
 @pytest.mark.parametrize("name", DEBUG)
 def test_debug_presets_compose(name: str, tmp_path) -> None:
+    base = compose_train([], tmp_path)
     cfg = compose_train([f"debug={name}"], tmp_path)
-    assert cfg.trainer
+    for key, value in DEBUG_SETTINGS[name].items():
+        assert OmegaConf.select(cfg, key) == value, key
+        assert OmegaConf.select(base, key) != value, f"{key}: the default already is {value}; the check is vacuous"
+    # also over an experiment preset: debug is composed last, so it wins
+    cfg = compose_train(["experiment=fashion_mnist_gan", f"debug={name}"], tmp_path)
+    assert all(OmegaConf.select(cfg, k) == v for k, v in DEBUG_SETTINGS[name].items())
 
 
 def test_several_loggers_at_once(tmp_path) -> None:

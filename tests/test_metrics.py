@@ -40,12 +40,12 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     cache = tmp_path_factory.mktemp("metrics_cache")
     dm = SyntheticDataModule(num_train=768, num_test=512, batch_size=64)
     start = time.perf_counter()
-    path = ensure_in_domain_extractor(
-        dm, cache, epochs=3, batch_size=64, feature_dim=16, width=8, lr=5e-3, min_steps=0, progress=False
-    )
+    training = {"epochs": 3, "batch_size": 64, "feature_dim": 16, "width": 8, "lr": 5e-3, "min_steps": 0}
+    path = ensure_in_domain_extractor(dm, cache, progress=False, **training)
     seconds = time.perf_counter() - start
     real = dm.real_images("test")
-    return SimpleNamespace(dm=dm, cache=cache, path=path, spec=in_domain_spec(path), real=real, seconds=seconds)
+    spec = in_domain_spec(path)
+    return SimpleNamespace(dm=dm, cache=cache, path=path, spec=spec, real=real, seconds=seconds, training=training)
 
 
 def features_of(path, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,7 @@ def test_in_domain_extractor_is_reused_not_retrained(synth, monkeypatch):
         raise AssertionError("retrained although the extractor exists")
 
     monkeypatch.setattr(ext, "train_in_domain_extractor", boom)
-    assert ensure_in_domain_extractor(synth.dm, synth.cache) == synth.path
+    assert ensure_in_domain_extractor(synth.dm, synth.cache, **synth.training) == synth.path
 
 
 def test_missing_extractor_without_training_is_a_clear_error(synth, tmp_path):

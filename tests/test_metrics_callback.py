@@ -15,9 +15,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from genbench.callbacks import EvaluationCallback
 from genbench.config import build
 from genbench.diffusion import DDIMSampler
-from genbench.callbacks import EvaluationCallback
 from genbench.metrics import ensure_in_domain_extractor
 
 

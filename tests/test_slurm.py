@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,12 +122,8 @@ def test_ddp_job_runs_one_slurm_task_per_device(slurm: dict[str, str], tmp_path:
     assert steps(sweep / "0") == list(range(6))
 
 
-def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_path: Path) -> None:
-    """The time-limit path: SLURM sends USR2 (what --signal=USR2@signal_delay_s delivers before the
-    time limit) to a running training; it saves last.ckpt at the next step, requeues through
-    submitit and the rerun (SLURM_RESTART_COUNT=1) continues from that step, logging each step once."""
-    sweep, max_steps = tmp_path / "sweep", 80
-    run = sweep / "0"
+def long_vae_sweep(sweep: Path, slurm: dict[str, str], max_steps: int, *extra: str) -> subprocess.Popen:
+    """Submit one VAE training of ``max_steps`` steps through hydra/launcher=slurm (in the background)."""
     args = [
         "-m",
         "model=vae",
@@ -134,17 +131,17 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
         *TINY["vae"],
         f"trainer.max_steps={max_steps}",
         "trainer.max_epochs=100",
-        # one epoch longer than the run (3584 / 32 = 112 batches > 80 steps): the signal lands mid-epoch.
-        # A save at the first batch of an epoch resumes one step too far (a gap in the log, no
-        # repeat): a known Lightning loop-restart edge, documented in docs/cluster.md.
-        "data.num_train=4096",
+        "data.num_train=4096",  # 112 batches an epoch: a signal lands mid-epoch
         "trainer.limit_train_batches=1.0",  # debug=fast (in QUIET) would cut epochs to 6 batches
         "+logger.csv.flush_logs_every_n_steps=1",
         *SLURM,
         f"hydra.sweep.dir={sweep}",
+        *extra,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **slurm}
-    hydra = subprocess.Popen(
+    tests = str(Path(__file__).parent)  # signal_helpers, for callbacks given in ``extra``
+    pythonpath = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "PYTHONPATH": pythonpath, **slurm}
+    return subprocess.Popen(
         [sys.executable, "-m", "genbench.train", *args],
         cwd=PROJECT_ROOT,
         env=env,
@@ -152,29 +149,60 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_until_training(hydra: subprocess.Popen, run: Path, min_steps: int = 3) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and hydra.poll() is None:
+        if (run / "csv" / "metrics.csv").is_file() and len(steps(run)) >= min_steps:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the job never started training:\n{hydra.communicate(timeout=60)[0][-3000:]}")
+
+
+def release_when_requeued(job: str, timeout: float = 90) -> None:
+    """Requeued jobs are held ~cred_expire seconds (BeginTime): release it once it is pending again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and squeue("-t", "all", "-j", job, "-o", "%T") != ["PENDING"]:
+        time.sleep(0.3)
+    state = squeue("-t", "all", "-j", job, "-o", "%T")
+    assert state == ["PENDING"], f"the job was not requeued (state {state})"
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+
+
+def job_log(sweep: Path, job: str) -> str:
+    return "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_log.*"))
+
+
+def finish(hydra: subprocess.Popen) -> str:
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and hydra.poll() is None:  # training is under way
-            if (run / "csv" / "metrics.csv").is_file() and len(steps(run)) >= 3:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the job never started training:\n{hydra.communicate(timeout=60)[0][-3000:]}")
-        (job,) = job_ids(sweep)
-        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-        # requeued jobs are held ~cred_expire seconds (BeginTime); release it once it is pending
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and squeue("-j", job, "-o", "%T") != ["PENDING"]:
-            time.sleep(0.3)
-        assert squeue("-j", job, "-o", "%T") == ["PENDING"], "the job was not requeued"
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
         out, _ = hydra.communicate(timeout=240)
     finally:
         if hydra.poll() is None:
             hydra.kill()
     assert hydra.returncode == 0, out[-3000:]
+    return out
 
-    log = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_log.*"))
+
+@pytest.mark.parametrize("signal_name", ["USR2", "TERM"])
+def test_requeued_job_resumes_from_its_checkpoint(signal_name: str, slurm: dict[str, str], tmp_path: Path) -> None:
+    """USR2 is the time-limit path (what --signal=USR2@signal_delay_s delivers before the limit):
+    the training saves last.ckpt at the next step and requeues through submitit. TERM is a bare
+    SIGTERM to a running job (``scancel --signal=TERM``): it saves and requeues itself with
+    scontrol. Either way the rerun (SLURM_RESTART_COUNT=1) continues from that step, logging each
+    step once."""
+    sweep, max_steps = tmp_path / "sweep", 80
+    run = sweep / "0"
+    hydra = long_vae_sweep(sweep, slurm, max_steps)
+    try:
+        wait_until_training(hydra, run)
+        (job,) = job_ids(sweep)
+        subprocess.run(["scancel", f"--signal={signal_name}", job], check=True, timeout=30)
+        release_when_requeued(job)
+    finally:
+        finish(hydra)
+
+    log = job_log(sweep, job)
     saved = int(re.search(r"Saved \S+last\.ckpt at step (\d+); requeueing", log).group(1))
     assert "Requeued job" in log and "SLURM restart 1 of this job" in log
     kept = int(re.search(r"kept \d+ rows before step (\d+)", log).group(1))
@@ -188,14 +216,69 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm: dict[str, str], tmp_pat
     assert json.loads((run / "metrics.json").read_text())["global_step"] == max_steps
 
 
+def test_preemption_by_a_higher_priority_job_requeues_and_resumes_exactly(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    """A real preemption: a job of the high-priority partition "urgent" that needs the whole node
+    preempts the training running in "debug" (PreemptMode=REQUEUE): SLURM sends SIGTERM, the
+    training saves last.ckpt at the next step and stops, SLURM requeues it, and the rerun ends with
+    the same weights and the same per-step losses as an uninterrupted run of the same job."""
+    max_steps = 100
+    reference = tmp_path / "reference"
+    finish(long_vae_sweep(reference, slurm, max_steps))
+
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
+    # 0.5 s a step (sleep only: the same numbers): ~50 s of job, for the scheduler's preemption pass
+    slow = "+callbacks.slow={_target_: signal_helpers.SlowDown, seconds: 0.5}"
+    hydra = long_vae_sweep(sweep, slurm, max_steps, slow)
+    try:
+        wait_until_training(hydra, run)
+        (job,) = job_ids(sweep)
+        urgent = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "urgent",
+                "--exclusive",
+                "-o",
+                str(tmp_path / "urgent.out"),
+                "--wrap",
+                "sleep 2; echo urgent job ran",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        release_when_requeued(job)
+    finally:
+        finish(hydra)
+
+    log = job_log(sweep, job)
+    # While SLURM preempts, squeue may still say RUNNING (the job then also asks for its own
+    # requeue, which SLURM's requeue makes moot) or COMPLETING (it just stops): requeued once either way.
+    saved = int(re.search(r"SIGTERM: Saved \S+last\.ckpt at step (\d+); (stopping|requeueing)", log).group(1))
+    assert 0 < saved < max_steps and "SLURM restart 1 of this job" in log and "SLURM restart 2" not in log
+    assert "Job completed successfully" in log
+    assert urgent and (tmp_path / "urgent.out").read_text().strip() == "urgent job ran"  # the preemptor ran
+    assert steps(run) == list(range(max_steps))  # every step once
+    got = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    want = torch.load(reference / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert got["global_step"] == want["global_step"] == max_steps
+    assert all(torch.equal(got["state_dict"][k], v) for k, v in want["state_dict"].items())
+
+
 def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    before = squeue("-o", "%i")
+    name = f"refused-{uuid.uuid4().hex[:8]}"  # look only at this test's jobs: others may come and go
     res = vae_sweep(
         sweep,
         "seed=1,2",
         *SLURM,
         "hydra.launcher.partition=no_such_partition",
+        f"hydra.launcher.name={name}",
         tiny=False,
         env=slurm,
         timeout=120,
@@ -203,7 +286,8 @@ def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_p
     assert res.returncode == 1
     errors = [line for line in res.stderr.splitlines() if line.startswith("genbench: error:")]
     assert len(errors) == 1 and "no partition 'no_such_partition'" in errors[0] and "debug" in errors[0]
-    assert not (sweep / ".submitit").exists() and squeue("-o", "%i") == before  # nothing was submitted
+    # nothing was submitted: no submitit folder, and no job of that name in any state
+    assert not (sweep / ".submitit").exists() and squeue("-t", "all", "--name", name, "-o", "%i") == []
 
     from test_sweeps import compose_with_hydra
 

@@ -7,16 +7,13 @@ import csv
 import json
 import math
 import os
-import signal
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from conftest import QUIET, TINY, run_cli, vae_sweep
 from genbench import CONFIG_DIR, GenbenchError
@@ -169,55 +166,6 @@ def test_missing_submitit_is_one_clear_error_before_anything_runs(tmp_path: Path
 
 
 # --- resume pieces that requeued jobs rely on --------------------------------------------------------
-
-
-class SignalAt(pl.Callback):
-    """Sends this process a signal after a given training step, as SLURM would."""
-
-    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
-        self.step, self.signum = step, signum
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.fit_loop.epoch_loop._batches_that_stepped == self.step:
-            os.kill(os.getpid(), self.signum)
-
-
-def test_signal_saves_at_step_boundary_and_resume_logs_each_step_once(train_cfg, tmp_path: Path) -> None:
-    """SlurmRequeue (what a SLURM job gets) on SIGTERM: last.ckpt at the next step, exit; the resumed
-    run's CSV log is identical in steps to an uninterrupted run's (no gap, no duplicate)."""
-    long = [
-        "model=vae",
-        "trainer.max_steps=20",
-        "trainer.max_epochs=10",
-        "trainer.limit_train_batches=8",
-        "callbacks.sample_grid=null",
-    ]
-    reference = tmp_path / "reference"
-    train(train_cfg(*long, output_dir=reference))
-
-    run = tmp_path / "run"
-    cfg = train_cfg(*long, output_dir=run)
-    with open_dict(cfg):
-        cfg.callbacks.requeue = {"_target_": "genbench.callbacks.SlurmRequeue"}
-        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAt", "step": 5}
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit):
-        train(cfg)
-    assert signal.getsignal(signal.SIGTERM) == before  # the job's own handlers are back
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 6
-    assert train_steps(run) == list(range(6))
-
-    metrics = train(train_cfg(*long, "ckpt_path=auto", output_dir=run))
-    assert metrics["global_step"] == 20
-    assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
-
-    def last_step(r: Path) -> int:
-        return torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-
-    assert last_step(run) == last_step(reference) > 6  # ModelCheckpoint went on writing last.ckpt
-    assert train_steps(run) == train_steps(reference) == list(range(20))
-    assert train_steps(run, "val/loss") == train_steps(reference, "val/loss")
 
 
 def test_resume_drops_log_rows_the_checkpoint_does_not_contain(train_cfg, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import math
 from pathlib import Path
 
@@ -84,20 +85,26 @@ class _GANStepRecorder(pl.Callback):
         assert {id(p) for p in opt_g.param_groups[0]["params"]} == {id(p) for p in pl_module.generator.parameters()}
 
 
-def _fit_gan_recording_steps(cfg) -> _GANStepRecorder:
-    """Six optimiser steps of the configured GAN with every D/G step recorded."""
+def _fit_gan(cfg, probe: pl.Callback) -> pl.LightningModule:
+    """Six optimiser steps of the configured GAN, watched by ``probe``."""
     model, dm = build(cfg.model, "model"), build(cfg.data, "data")
-    recorder = _GANStepRecorder()
     trainer = pl.Trainer(
         max_steps=6,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
-        callbacks=[recorder],
+        callbacks=[probe],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
+    return model
+
+
+def _fit_gan_recording_steps(cfg) -> _GANStepRecorder:
+    """Six optimiser steps of the configured GAN with every D/G step recorded."""
+    recorder = _GANStepRecorder()
+    _fit_gan(cfg, recorder)
     return recorder
 
 
@@ -110,6 +117,34 @@ def test_gan_step_updates_each_network_with_its_own_optimizer(train_cfg) -> None
             assert d_moved and not g_moved  # the D step leaves the generator unchanged
         else:
             assert g_moved and not d_moved
+
+
+class _DGradProbe(pl.Callback):
+    """D's gradients right after D's step and right before G's step: G's backward must not touch them."""
+
+    def __init__(self) -> None:
+        self.touched: list[bool] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        opt_g, opt_d = (o.optimizer if hasattr(o, "optimizer") else o for o in trainer.optimizers)
+        saved: list[torch.Tensor | None] = []
+
+        def after_d(*_) -> None:
+            saved[:] = [None if p.grad is None else p.grad.clone() for p in pl_module.discriminator.parameters()]
+
+        def before_g(*_) -> None:
+            now = [p.grad for p in pl_module.discriminator.parameters()]
+            self.touched.append(any(not torch.equal(a, b) for a, b in zip(saved, now, strict=True)))
+
+        opt_d.register_step_post_hook(after_d)
+        opt_g.register_step_pre_hook(before_g)
+
+
+def test_gan_generator_step_computes_no_discriminator_gradients(train_cfg) -> None:
+    probe = _DGradProbe()
+    model = _fit_gan(train_cfg("model=gan"), probe)
+    assert probe.touched == [False, False, False]  # three G steps, none wrote into D's .grad
+    assert all(p.requires_grad for p in model.discriminator.parameters())  # D is trainable again after
 
 
 def test_gan_d_steps_per_g_step(train_cfg) -> None:
@@ -137,6 +172,7 @@ def test_resume_continues_at_saved_step_with_identical_optimizer_state(train_cfg
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 6
+    first_ckpt = (hashlib.sha256(last.read_bytes()).hexdigest(), last.stat().st_mtime_ns)
 
     cfg = train_cfg(
         "model=ddpm", f"ckpt_path={last}", "trainer.max_steps=9", "trainer.max_epochs=3", output_dir=tmp_path / "second"
@@ -154,7 +190,8 @@ def test_resume_continues_at_saved_step_with_identical_optimizer_state(train_cfg
         for name in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(got[k][name], expected[k][name], rtol=0, atol=0)
     assert metrics["global_step"] == 9
-    assert last.stat().st_size > 0  # the first run's checkpoint is untouched
+    # the first run's checkpoint is untouched: same bytes, never rewritten
+    assert (hashlib.sha256(last.read_bytes()).hexdigest(), last.stat().st_mtime_ns) == first_ckpt
     torch.testing.assert_close(
         torch.load(last, weights_only=False)["state_dict"]["net.stem.weight"], saved["state_dict"]["net.stem.weight"]
     )
@@ -164,10 +201,10 @@ def test_existing_checkpoints_are_never_overwritten(train_cfg, tmp_path: Path) -
     cfg = train_cfg("model=vae")
     train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    before = last.read_bytes()
+    before = last.read_bytes(), last.stat().st_mtime_ns
     with pytest.raises(GenbenchError, match="already holds checkpoints"):
         train(train_cfg("model=vae"))
-    assert last.read_bytes() == before
+    assert (last.read_bytes(), last.stat().st_mtime_ns) == before  # not even rewritten with the same bytes
     # ckpt_path=auto resumes from that run's own last.ckpt instead
     metrics = train(train_cfg("model=vae", "ckpt_path=auto", "trainer.max_steps=8", "trainer.max_epochs=3"))
     assert metrics["global_step"] == 8
@@ -189,18 +226,23 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_alone(train_cfg, tmp_path:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_nan_loss_stops_training_and_keeps_earlier_checkpoints(train_cfg, tmp_path: Path) -> None:
-    cfg = train_cfg("model=vae")
-    model, dm = build(cfg.model, "model"), SyntheticDataModule(num_train=256, batch_size=32)
+def poison_loss_from_step(model: pl.LightningModule, step: int) -> None:
+    """From global step ``step`` on, the training loss the model returns is NaN."""
     original_step = model.training_step
 
     def poisoned(batch, batch_idx):
         out = original_step(batch, batch_idx)
-        if model.global_step >= 5:
+        if model.global_step >= step:
             out["loss"] = out["loss"] * float("nan")
         return out
 
     model.training_step = poisoned
+
+
+def test_nan_loss_stops_training_and_keeps_earlier_checkpoints(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("model=vae")
+    model, dm = build(cfg.model, "model"), SyntheticDataModule(num_train=256, batch_size=32)
+    poison_loss_from_step(model, 5)
     ckpts = tmp_path / "ckpts"
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=2, save_top_k=-1, save_last=True)
     trainer = pl.Trainer(
@@ -216,6 +258,49 @@ def test_nan_loss_stops_training_and_keeps_earlier_checkpoints(train_cfg, tmp_pa
     saved = sorted(p.name for p in ckpts.glob("*.ckpt"))
     assert saved == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def _fit_with_resume(model: pl.LightningModule, ckpts: Path) -> None:
+    from genbench.callbacks import ResumeCheckpoint, link_callbacks
+
+    resume = ResumeCheckpoint(every_n_train_steps=2, every_n_minutes=None, handle_signals=False)
+    trainer = pl.Trainer(
+        max_steps=20,
+        limit_val_batches=0,
+        logger=False,
+        default_root_dir=ckpts.parent,
+        callbacks=link_callbacks([FiniteLossGuard(), resume]),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=SyntheticDataModule(num_train=256, batch_size=32))
+
+
+def test_nan_loss_names_the_step_of_the_last_checkpoint_kept(train_cfg, tmp_path: Path) -> None:
+    model = build(train_cfg("model=vae").model, "model")
+    poison_loss_from_step(model, 5)
+    with pytest.raises(GenbenchError, match=r"step 6: .*last\.ckpt of step 4 \(finite loss and weights\) is kept"):
+        _fit_with_resume(model, tmp_path / "checkpoints")
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
+
+def test_non_finite_weights_never_replace_last_checkpoint(train_cfg, tmp_path: Path) -> None:
+    model = build(train_cfg("model=vae").model, "model")
+
+    class Break(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            if trainer.global_step == 5:  # weights blow up while the loss was still finite
+                with torch.no_grad():
+                    next(pl_module.parameters()).fill_(float("inf"))
+
+    model.configure_callbacks = lambda: [Break()]
+    with pytest.raises(GenbenchError, match=r"no longer finite at step 6: .*last\.ckpt of step 4 is kept"):
+        _fit_with_resume(model, tmp_path / "checkpoints")
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["global_step"] == 4
 
 
 def test_wandb_goes_offline_without_credentials(train_cfg, tmp_path: Path, monkeypatch) -> None:
@@ -276,3 +361,14 @@ def test_last_checkpoint_is_the_final_model_when_training_stops_mid_epoch(train_
     metrics = train(train_cfg("model=vae", "trainer.max_steps=5", "trainer.limit_train_batches=1.0"))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert metrics["global_step"] == ckpt["global_step"] == 5
+
+
+@pytest.mark.parametrize("precision,warned", [("bf16-mixed", True), ("16-mixed", True), ("32-true", False)])
+def test_reduced_precision_on_cpu_is_warned_with_the_reason(precision: str, warned: bool) -> None:
+    from genbench.devices import reduced_precision_warning
+
+    message = reduced_precision_warning(torch.device("cpu"), precision)
+    assert (message is not None) == warned
+    if warned:
+        assert precision in message and "trainer.precision=32" in message and "12x slower" in message
+    assert reduced_precision_warning(torch.device("cuda"), precision) is None  # GPUs: what it is for

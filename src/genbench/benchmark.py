@@ -23,7 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from genbench import CONFIG_DIR, PROJECT_ROOT
+from genbench import CONFIG_DIR
 from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
 from genbench.loggers import wandb_mode
@@ -67,13 +67,17 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, int]:
     procs: dict[str, subprocess.Popen] = {}
     status: dict[str, int] = {}
     parallel = bool(cfg.launcher)  # submitit launchers: the cluster runs them side by side
+    # The jobs run in the benchmark's root, so their paths (root_dir: $GENBENCH_ROOT or the working
+    # directory) resolve as the benchmark's did, wherever genbench is installed.
+    root = Path(cfg.paths.root_dir)
+    root.mkdir(parents=True, exist_ok=True)
     for family in cfg.families:
         sweep_dir = out_dir / "runs" / family
         sweep_dir.mkdir(parents=True, exist_ok=True)
         cmd = training_command(cfg, family, sweep_dir)
         log.info("Training %s: %s", family, " ".join(cmd[2:]))
         logf = open(sweep_dir / "launcher.log", "w")  # noqa: SIM115 - closed when the process ends
-        procs[family] = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=logf, stderr=subprocess.STDOUT)
+        procs[family] = subprocess.Popen(cmd, cwd=root, stdout=logf, stderr=subprocess.STDOUT)
         procs[family].logf = logf  # type: ignore[attr-defined]
         if not parallel:
             status[family] = _finish(procs.pop(family), family, sweep_dir)

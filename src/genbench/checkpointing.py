@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from genbench.cluster.environment import in_slurm_job, slurm_restart_count
 from genbench.cluster.resources import as_int
-from genbench.compat import checkpoint_logger_step, last_saved_step, prepend_csv_rows
+from genbench.compat import checkpoint_logger_step, prepend_csv_rows
 from genbench.distributed import is_rank_zero
 from genbench.errors import GenbenchError
 from genbench.models import GenerativeModel, checkpoint_family, read_checkpoint
@@ -50,14 +50,79 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return None if ckpt_path is None else str(ckpt_path)
 
 
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"<prefix>.a.b": 1}`` (lists stay leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+
+
+#: model settings that never change a parameter's shape: listed after the ones that may
+_SHAPE_FREE = {"optimizer", "optimizer_g", "optimizer_d", "scheduler", "scheduler_g", "scheduler_d", "sampler"}
+_SHAPE_FREE |= {"sample_batch_size", "ema_decay", "loss", "d_steps_per_g_step", "beta", "dropout", "lr", "betas"}
+
+
+def _as_override(value: Any) -> str:
+    """A value as it is typed on the command line (null, true, [1,2])."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return str(value).replace(" ", "")
+
+
+def _config_differences(stored: Any, current: Any, limit: int = 4) -> list[str]:
+    """``model.<key>=<checkpoint value>`` for the model settings that differ: the ones that can
+    change a shape first, shallowest first (``model.latent_dim`` before the
+    ``model.encoder.latent_dim`` that follows it by interpolation)."""
+    if not isinstance(stored, dict) or not isinstance(current, dict):
+        return []
+    old, new = _flat(stored, "model"), _flat(current, "model")
+    keys = sorted(
+        (k for k in old.keys() | new.keys() if old.get(k) != new.get(k)),
+        key=lambda k: (bool(_SHAPE_FREE & set(k.split("."))), k.count("."), k),
+    )
+    shown = [f"{k}={_as_override(old.get(k))}" for k in keys[:limit]]
+    return shown + (["..."] if len(keys) > limit else [])
+
+
 def check_resume_compatible(ckpt_path: str | Path, model: GenerativeModel) -> None:
-    """The checkpoint must be of the configured family (its weights are checked by Lightning)."""
-    family = checkpoint_family(read_checkpoint(ckpt_path), ckpt_path)
+    """The checkpoint must be of the configured family and architecture.
+
+    Both are checked here, before anything is written or fitted: Lightning would find a shape
+    mismatch only inside ``fit`` and end in a ``size mismatch for decoder.fc.weight`` traceback that
+    says neither which setting differs nor how to resume. The checkpoint stores the model config it
+    was trained with, so the message names the overrides that rebuild its architecture.
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    family = checkpoint_family(ckpt, ckpt_path)
     if family != model.family:
         raise GenbenchError(
             f"{ckpt_path} is a '{family}' checkpoint but model={model.family} is configured: "
             f"resume with model={family}."
         )
+    stored = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatched = [
+        f"{k} is {list(stored[k])} in the checkpoint but {list(ours[k])} in this model"
+        for k in ours
+        if k in stored and stored[k] != ours[k]
+    ]
+    missing = [f"{k} is not in the checkpoint" for k in ours if k not in stored]
+    unexpected = [f"the checkpoint has {k}, which this model lacks" for k in stored if k not in ours]
+    found = mismatched + missing + unexpected
+    if not found:
+        return
+    more = f" (and {len(found) - 2} more)" if len(found) > 2 else ""
+    config = (ckpt.get("genbench") or {}).get("config") or {}
+    diffs = _config_differences(config.get("model"), (getattr(model, "genbench_config", None) or {}).get("model"))
+    fix = (
+        f"resume with the checkpoint's own model config ({' '.join(diffs)})"
+        if diffs
+        else "resume with the model config the checkpoint was trained with"
+    )
+    raise GenbenchError(
+        f"{ckpt_path} holds another {family} architecture than the configured one: {'; '.join(found[:2])}{more}. "
+        f"To continue it, {fix}; to train this architecture, start a new run without ckpt_path."
+    )
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
@@ -84,17 +149,6 @@ def save_last_checkpoint(trainer: pl.Trainer) -> Path:
         os.replace(tmp, last)
     trainer.strategy.barrier("genbench-save-last")
     return last
-
-
-def save_final_checkpoint(trainer: pl.Trainer) -> None:
-    """ModelCheckpoint refreshes last.ckpt at validation or epoch end; a run stopped mid-epoch (by
-    max_steps, max_time or the benchmark's budget) would otherwise leave a last.ckpt that is not
-    the final model. Collective under DDP."""
-    cb = trainer.checkpoint_callback
-    if cb is None or not getattr(cb, "save_last", False) or not cb.dirpath:
-        return
-    if last_saved_step(cb) != trainer.global_step or not cb.last_model_path:
-        save_last_checkpoint(trainer)
 
 
 def resume_csv_history(loggers: list[Any], ckpt_path: str | Path) -> None:

@@ -7,10 +7,10 @@ genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-from genbench import PROJECT_ROOT
 from genbench.errors import user_errors
 from genbench.report.build import write_report
 from genbench.report.collect import find_runs
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with user_errors():
         runs = find_runs(args.runs)
-        out = args.out or PROJECT_ROOT / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        # like paths.log_dir of the Hydra entry points: under $GENBENCH_ROOT, else the current directory
+        root = Path(os.environ.get("GENBENCH_ROOT") or os.getcwd())
+        out = args.out or root / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
         floor, real_grid = real_floor(runs, out) if args.floor else (None, None)
         report = write_report(
             runs,

@@ -1,9 +1,9 @@
 """Every use of a third party's private API, in one place, with the version it was checked against.
 
 genbench relies on a few internals that Lightning and torch-fidelity do not promise to keep: a
-module-level function Lightning calls to start DDP children under Hydra, a ModelCheckpoint
-attribute, the layout of a checkpoint's loop state, the CSV logger's writer, and torch-fidelity's
-cache file names. Each is wrapped here and nowhere else, so an upgrade is one file to review, and
+module-level function Lightning calls to start DDP children under Hydra, the fit loop's batch
+progress and its layout in a checkpoint, the CSV logger's writer, and torch-fidelity's cache file
+names. Each is wrapped here and nowhere else, so an upgrade is one file to review, and
 ``tests/test_compat.py`` exercises every wrapper against the installed versions: it fails loudly
 (naming the wrapper) when one of them changes. The stack is pinned in ``pyproject.toml``;
 :data:`CHECKED_AGAINST` must move with those pins.
@@ -46,10 +46,10 @@ def install_ddp_child_command(command: Callable[[int], tuple[list[str], str]]) -
     launcher._hydra_subprocess_cmd = command
 
 
-def last_saved_step(checkpoint_callback: Any) -> int | None:
-    """The global step of ModelCheckpoint's most recent save (Lightning 2.6.6:
-    ``ModelCheckpoint._last_global_step_saved``, 0 before the first save)."""
-    return getattr(checkpoint_callback, "_last_global_step_saved", None)
+def epoch_batches_done(trainer: Any) -> int:
+    """Training batches of the current epoch that have completed (Lightning 2.6.6:
+    ``trainer.fit_loop.epoch_loop.batch_progress.current.completed``)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
 
 def _fit_loop(checkpoint: dict[str, Any]) -> dict[str, Any]:

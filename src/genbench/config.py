@@ -7,20 +7,23 @@ Hydra composes, so ``${gpu_precision:}`` or ``${genbench_slurm_tasks:...}`` alwa
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genbench import PROJECT_ROOT
 from genbench.cluster.resources import slurm_cpus_per_task, slurm_gpus_per_node, slurm_tasks_per_node
 from genbench.devices import gpu_precision
 from genbench.errors import GenbenchError
 
 #: name -> function of every OmegaConf resolver genbench's configs use
 RESOLVERS = {
-    "genbench_root": lambda: str(PROJECT_ROOT),
+    # paths.root_dir when $GENBENCH_ROOT is unset: the current directory. An installed package has no
+    # project root to write into; the README's commands run from the repository root, so repo users
+    # see no change (outputs/, data/ under the checkout).
+    "genbench_root": os.getcwd,
     "gpu_precision": gpu_precision,
     "genbench_slurm_tasks": slurm_tasks_per_node,
     "genbench_slurm_gpus": slurm_gpus_per_node,

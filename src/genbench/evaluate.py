@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, read_json
 from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8
+from genbench.metrics.fidelity import check_sample_counts
+from genbench.schema import validate_config
 
 log = logging.getLogger("genbench.evaluate")
 
@@ -96,6 +100,40 @@ def _match(images: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Ten
     return fit_channels(fit_size(images, shape[-1]), shape[0])
 
 
+def output_path(cfg: DictConfig) -> Path:
+    """Where the result goes: ``output``, else beside the checkpoint, else in the run directory."""
+    if cfg.get("output"):
+        return Path(str(cfg.output)).expanduser()
+    if not cfg.get("input1") and cfg.get("ckpt_path"):
+        return Path(str(cfg.ckpt_path)).expanduser().parent / "metrics.json"
+    return Path(cfg.paths.output_dir) / "metrics.json"
+
+
+def check_writable(path: Path, key: str = "output") -> None:
+    """Refuse an output path the result could not be written to, before any sampling: otherwise
+    the evaluation would fail after all its work and lose the result.
+
+    The nearest existing directory gets a probe file, created and removed at once: permissions
+    alone do not tell (root may write anywhere by mode, yet not into /proc or a read-only mount).
+    """
+    if path.is_dir():
+        raise GenbenchError(f"{key}={path} is a directory: give a file path such as {key}={path / 'metrics.json'}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GenbenchError(f"{key}={path}: {parent} is a file, not a directory; choose another {key} path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.probe-")
+    except OSError as e:
+        raise GenbenchError(
+            f"{key}={path} cannot be written: creating a file in {parent} fails ({e.strerror or e}); choose a writable path, "
+            f"e.g. {key}=outputs/eval/metrics.json."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     from genbench.models import checkpoint_family, load_model_from_checkpoint, read_checkpoint
 
@@ -114,6 +152,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         )
     mcfg = MetricsConfig.from_mapping(cfg.metrics)
     evaluator = Evaluator.for_datamodule(datamodule, mcfg, cache_dir=cfg.paths.cache_dir)
+    # the counts KID's subsets and FID's covariance need are known now: refuse them before sampling
+    check_sample_counts(mcfg.num_samples, len(evaluator.real), evaluator.spec, mcfg)
     sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else None
     if sampler is not None and model.family != "ddpm":
         log.warning("sampler=%s is ignored: a %s has no sampler.", getattr(sampler, "name", sampler), model.family)
@@ -136,7 +176,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
         evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    return result, Path(cfg.output) if cfg.get("output") else ckpt_path.parent / "metrics.json"
+    return result, output_path(cfg)
 
 
 def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -145,19 +185,33 @@ def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     device = resolve_device(cfg.device)
     input2 = cfg.get("input2") or f"data:{mcfg.split}"
     real, real_label = load_source(str(input2), datamodule, mcfg.num_samples, cfg.seed + 1, device)
-    generated, gen_label = load_source(str(cfg.input1), datamodule, mcfg.num_samples, cfg.seed, device)
     real = check_images(real, "input2")
+
+    def make_evaluator() -> Evaluator:
+        return Evaluator.for_datamodule(
+            datamodule, mcfg, cache_dir=cfg.paths.cache_dir, real=real, real_label=real_label
+        )
+
+    evaluator = None
+    if Path(str(cfg.input1)).suffix == ".ckpt":  # sampled: its count is checkable before the (slow) sampling
+        evaluator = make_evaluator()
+        check_sample_counts(mcfg.num_samples, len(real), evaluator.spec, mcfg)
+    # a split or a folder loads in seconds (or names a bad source) before the extractor is resolved
+    generated, gen_label = load_source(str(cfg.input1), datamodule, mcfg.num_samples, cfg.seed, device)
     generated = _match(check_images(generated, "input1"), tuple(real.shape[1:]), "input1")
-    evaluator = Evaluator.for_datamodule(
-        datamodule, mcfg, cache_dir=cfg.paths.cache_dir, real=real, real_label=real_label
-    )
-    result = evaluator.evaluate(generated)
+    result = (evaluator or make_evaluator()).evaluate(generated)
     result.update(input1=gen_label, input2=real_label, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return result, Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "metrics.json"
+    return result, output_path(cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the evaluation the config asks for and append the result to its metrics.json."""
+    """Run the evaluation the config asks for and append the result to its metrics.json.
+
+    The config's values and the output path are checked first: a typo or an unwritable path costs
+    seconds, not the sampling and feature extraction before them.
+    """
+    validate_config(cfg)
+    check_writable(output_path(cfg))
     if cfg.get("input1"):
         result, out = compare_sources(cfg)
     elif cfg.get("ckpt_path"):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,20 +24,37 @@ from typing import Any
 
 import torch
 
+log = logging.getLogger("genbench")
+
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, what: str = "a shared cache entry") -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
 
-    ``flock`` is released by the kernel when the process dies, so a crashed job never leaves a
-    stale lock behind (unlike lock files that are created and deleted)."""
+    ``flock`` is released by the kernel when the process dies, so a killed job never leaves a
+    stale lock behind (unlike lock files that are created and deleted): a leftover file is just
+    an unlocked file. A process that has to wait says so, naming ``what`` and the holder's pid
+    (written into the file by each holder), and says again when it got the lock, so a long wait
+    is never silent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            log.warning("Waiting for %s: process %s is computing it (lock %s).", what, holder, path)
+            start = time.monotonic()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            log.warning("Got the lock for %s after %.0f s.", what, time.monotonic() - start)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -7,7 +7,10 @@ Two ideas every part of genbench relies on, kept in one place:
   what makes "a fixed generator gives the same images on every device" true;
 * :func:`preserved_training_state` runs a block (an evaluation, a sample grid, a sampling
   benchmark) and afterwards restores every RNG stream and every submodule's train/eval flag, so
-  measuring a model can never change what training does next.
+  measuring a model can never change what training does next;
+* :func:`rng_states` / :func:`set_rng_states` and :class:`EpochOrder` (the training order as a
+  function of seed and epoch) are what a checkpoint carries so that a resumed run continues
+  exactly as the uninterrupted one would have.
 
 Nothing here knows about Lightning, Hydra or the families: ``nets/``, ``diffusion/`` and
 ``models/`` may all import it.
@@ -16,11 +19,13 @@ Nothing here knows about Lightning, Hydra or the families: ``nets/``, ``diffusio
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import RandomSampler
 
 
 def randn(
@@ -51,3 +56,68 @@ def preserved_training_state(module: torch.nn.Module) -> Iterator[None]:
             np.random.set_state(np_state)
             for m, training in modes:
                 m.training = training
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG stream a training step may draw from: torch CPU, every CUDA device, numpy and
+    python. Saved in checkpoints so a resumed run draws the same noise as an uninterrupted one.
+    Only tensors and plain Python values, so checkpoints still load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured (CUDA only where it was captured and is present)."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class EpochOrder(RandomSampler):
+    """The training order: a permutation that is a pure function of (seed, epoch), which can
+    start part-way through an epoch.
+
+    A plain shuffled DataLoader draws its order from the global RNG when its iterator is created,
+    so a run resumed mid-epoch sees other batches than the uninterrupted run did. Here epoch ``e``
+    is always ``randperm(n)`` of a generator seeded with (seed, e), and :meth:`resume_at` skips
+    the batches a checkpoint already trained. Lightning calls :meth:`set_epoch` before each epoch
+    (and, being a ``RandomSampler``, it is recognised as shuffled: under DDP Lightning swaps in
+    its ``DistributedSampler``, whose order is also a function of (seed, epoch))."""
+
+    def __init__(self, data_source: Sized, seed: int, batch_size: int) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iteration of ``epoch`` starts after its first ``batches_done`` batches."""
+        self._resume = (int(epoch), int(batches_done))
+
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+        return torch.randperm(len(self.data_source), generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1] * self.batch_size
+        self._resume = None
+        yield from self.order(self.epoch)[skip:]
+
+    def __len__(self) -> int:
+        return len(self.data_source)

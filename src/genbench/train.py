@@ -20,22 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR
 from genbench.callbacks import link_callbacks
-from genbench.checkpointing import check_resume_compatible, resolve_ckpt_path, resume_csv_history, save_final_checkpoint
+from genbench.checkpointing import check_resume_compatible, resolve_ckpt_path, resume_csv_history
 from genbench.cluster import cluster_callbacks, cluster_plugins
 from genbench.compat import install_ddp_child_command
 from genbench.config import build, print_config_tree
+from genbench.devices import reduced_precision_warning
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json
 from genbench.loggers import build_loggers, finish_wandb
 from genbench.models import FAMILIES, GenerativeModel, family_of_config
 from genbench.rundir import write_failure
+from genbench.schema import validate_config
 
 log = logging.getLogger("genbench.train")
 
 # The DDPM's EMA copy is in eval mode on purpose; torch's pytree deprecation comes from Lightning.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# genbench's DataModules restart mid-epoch themselves (EpochOrder + ResumeCheckpoint): not Lightning's concern.
+warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
 
 
 def build_callbacks(cfg: DictConfig, model: GenerativeModel) -> list[pl.Callback]:
@@ -52,6 +56,7 @@ def build_callbacks(cfg: DictConfig, model: GenerativeModel) -> list[pl.Callback
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one model; returns the final callback metrics (also written to metrics.json)."""
+    validate_config(cfg)
     from hydra.core.hydra_config import HydraConfig
 
     output_dir = Path(cfg.paths.output_dir)
@@ -76,7 +81,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_compatible(ckpt_path, model)
         log.info("Resuming from %s", ckpt_path)
 
-    callbacks = build_callbacks(cfg, model) + cluster_callbacks()
+    callbacks = build_callbacks(cfg, model)
+    callbacks += cluster_callbacks(callbacks)
     loggers = build_loggers(cfg)
     if ckpt_path is not None:
         resume_csv_history(loggers, ckpt_path)
@@ -86,6 +92,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.trainer.get("strategy") == "ddp" and model.ddp_find_unused_parameters:
         extra["strategy"] = "ddp_find_unused_parameters_true"
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
+    if warning := reduced_precision_warning(trainer.strategy.root_device, str(trainer.precision)):
+        log.warning(warning)
 
     if rank_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +102,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        save_final_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(
             family=model.family,
@@ -139,6 +146,12 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """The console script. The run directory was vetted and claimed by ``genbench.rundir.RunDirGuard``
+    before Hydra wrote into it; a start that then fails on bad input (a GenbenchError before
+    training) takes back what it wrote there (``undo_failed_start``), so nothing on disk changes. A
+    ``fail_soft`` job instead keeps its directory: its failed.json is the record a benchmark shows."""
+    from genbench.rundir import undo_failed_start
+
     if cfg.get("fail_soft") and is_rank_zero():
         with isolated_job():
             try:
@@ -146,7 +159,7 @@ def main(cfg: DictConfig) -> float | None:
             except Exception as e:  # noqa: BLE001 - any failure of this job is recorded, not raised
                 record_failure(cfg, e)
                 return None
-    with user_errors(), isolated_job():
+    with user_errors(), undo_failed_start(cfg), isolated_job():
         return objective(cfg, train(cfg))
 
 

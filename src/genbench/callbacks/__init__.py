@@ -2,8 +2,8 @@
 
 Links run one way and are set explicitly by :func:`link_callbacks` (``genbench.train`` calls it
 after instantiating the ``callbacks`` group): the evaluation callback reads the budget (when to
-evaluate, how far training has come) and the sampling benchmark uses the evaluation callback's
-protocol. No callback looks for another by duck typing.
+evaluate, how far training has come), the sampling benchmark uses the evaluation callback's
+protocol, and the NaN guard names the step of the last.ckpt that ResumeCheckpoint kept. No callback looks for another by duck typing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from genbench.callbacks.budget import TrainingBudget
 from genbench.callbacks.ddp_sync import DDPSyncCheck
 from genbench.callbacks.evaluation import EvaluationCallback
 from genbench.callbacks.finite_guard import FiniteLossGuard
-from genbench.callbacks.requeue import SlurmRequeue
+from genbench.callbacks.resume import ResumeCheckpoint
 from genbench.callbacks.sample_grid import SampleGrid
 from genbench.callbacks.sampling_benchmark import SamplingBenchmark
 from genbench.errors import GenbenchError
@@ -33,6 +33,9 @@ def link_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
     budget = _only(callbacks, TrainingBudget)
     evaluation = _only(callbacks, EvaluationCallback)
     sampling = _only(callbacks, SamplingBenchmark)
+    guard = _only(callbacks, FiniteLossGuard)
+    if guard is not None:
+        guard.resume = _only(callbacks, ResumeCheckpoint)
     if evaluation is not None:
         evaluation.budget = budget
     if sampling is not None:
@@ -46,9 +49,9 @@ __all__ = [
     "DDPSyncCheck",
     "EvaluationCallback",
     "FiniteLossGuard",
+    "ResumeCheckpoint",
     "SampleGrid",
     "SamplingBenchmark",
-    "SlurmRequeue",
     "TrainingBudget",
     "link_callbacks",
 ]

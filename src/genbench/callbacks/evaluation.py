@@ -36,6 +36,7 @@ from genbench.errors import GenbenchError
 from genbench.io import atomic_write_json
 from genbench.metrics import RESULT_NAMES, Evaluator, MetricsConfig, sample_uint8
 from genbench.reproducibility import preserved_training_state
+from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.metrics")
 
@@ -143,9 +144,13 @@ class EvaluationCallback(pl.Callback):
             if final and self.last_result is not None:
                 self._write(trainer, {**self.last_result, "final": True}, "final.json", append=False)
             return
-        self._last_step = trainer.global_step
         start = time.perf_counter()
-        result = self.evaluate(trainer, pl_module)
+        try:
+            result = self.evaluate(trainer, pl_module)
+        except StopRequested as e:  # the run stops at its next step boundary; this point is not measured
+            log.warning("Evaluation at step %d interrupted: %s.", trainer.global_step, e)
+            return
+        self._last_step = trainer.global_step
         result.update(
             epoch=trainer.current_epoch, step=trainer.global_step, seconds=round(time.perf_counter() - start, 2)
         )

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench import GenbenchError
+from genbench.callbacks.resume import ResumeCheckpoint
 
 
 class FiniteLossGuard(pl.Callback):
@@ -21,6 +22,8 @@ class FiniteLossGuard(pl.Callback):
     def __init__(self, every_n_steps: int = 1) -> None:
         self.every_n_steps = max(1, every_n_steps)
         self._last: dict[str, torch.Tensor] = {}
+        #: the run's ResumeCheckpoint (set by ``link_callbacks``): the message names what it kept
+        self.resume: ResumeCheckpoint | None = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -45,8 +48,14 @@ class FiniteLossGuard(pl.Callback):
         values = torch.stack([v.float() for v in self._last.values()])
         if not bool(torch.isfinite(values).all()):
             bad = {k: float(v) for k, v in self._last.items() if not torch.isfinite(v)}
+            step = self.resume.last_saved_step if self.resume is not None else None
+            kept = (
+                f"last.ckpt of step {step} (finite loss and weights) is kept"
+                if step is not None
+                else "the checkpoints written so far are untouched"
+            )
             raise GenbenchError(
-                f"Non-finite training loss at step {trainer.global_step}: {bad}. Training stopped; the "
-                "checkpoints written so far are untouched. Lower the learning rate, or try "
-                "trainer.precision=32 / trainer.gradient_clip_val (automatic-optimisation models)."
+                f"Non-finite training loss at step {trainer.global_step}: {bad}. Training stopped; {kept}. "
+                "Lower the learning rate, or try trainer.precision=32 / trainer.gradient_clip_val "
+                "(automatic-optimisation models)."
             )

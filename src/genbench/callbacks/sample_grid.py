@@ -6,6 +6,7 @@ points evolving, and the global RNG streams of training are not touched.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -15,6 +16,10 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
+
+from genbench.stopping import StopRequested
+
+log = logging.getLogger("genbench.train")
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
@@ -62,9 +67,13 @@ class SampleGrid(pl.Callback):
 
     @rank_zero_only
     def _make(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
-        self._last_step = trainer.global_step
         generator = torch.Generator().manual_seed(self.seed)
-        images = pl_module.sample(self.num_samples, generator=generator, **self.sample_kwargs)
+        try:
+            images = pl_module.sample(self.num_samples, generator=generator, **self.sample_kwargs)
+        except StopRequested as e:  # the run stops at its next step boundary: no grid for this point
+            log.warning("Sample grid %s interrupted: %s.", tag, e)
+            return
+        self._last_step = trainer.global_step
         out_dir = Path(trainer.default_root_dir) / self.dirname
         self.last_path = save_grid(images, out_dir / f"{tag}.png")
         grid = image_grid(images)

@@ -24,6 +24,7 @@ import torch
 from genbench.callbacks.evaluation import EvaluationCallback
 from genbench.metrics import sample_uint8
 from genbench.reproducibility import preserved_training_state
+from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.metrics")
 
@@ -78,33 +79,36 @@ class SamplingBenchmark(pl.Callback):
         candidates: dict[str, Any] = {"default": None}
         if takes_sampler:
             candidates.update(self.samplers)
-        with preserved_training_state(pl_module):
-            for name, sampler in candidates.items():
-                if sampler is not None:
-                    sampler = sampler.bind(pl_module.schedule)
-                # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
-                used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
-                entry: dict[str, Any] = {
-                    "sampler": used.label if used is not None else "default",
-                    "steps": used.num_steps if used is not None else 1,
-                    **time_sampling(pl_module, self.num_images, sampler),
-                }
-                if name == "default" and evaluation is not None and evaluation.last_result is not None:
-                    entry["metrics"] = EvaluationCallback.scalars(evaluation.last_result)
-                elif self.evaluate and evaluation is not None and name not in self.timing_only:
-                    images = sample_uint8(
-                        pl_module,
-                        evaluation.num_samples,
-                        torch.Generator().manual_seed(evaluation.seed),
-                        sampler=sampler,
+        try:
+            with preserved_training_state(pl_module):
+                for name, sampler in candidates.items():
+                    if sampler is not None:
+                        sampler = sampler.bind(pl_module.schedule)
+                    # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
+                    used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
+                    entry: dict[str, Any] = {
+                        "sampler": used.label if used is not None else "default",
+                        "steps": used.num_steps if used is not None else 1,
+                        **time_sampling(pl_module, self.num_images, sampler),
+                    }
+                    if name == "default" and evaluation is not None and evaluation.last_result is not None:
+                        entry["metrics"] = EvaluationCallback.scalars(evaluation.last_result)
+                    elif self.evaluate and evaluation is not None and name not in self.timing_only:
+                        images = sample_uint8(
+                            pl_module,
+                            evaluation.num_samples,
+                            torch.Generator().manual_seed(evaluation.seed),
+                            sampler=sampler,
+                        )
+                        entry["metrics"] = EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images))
+                    self.results.append(entry)
+                    log.info(
+                        "Sampling %s: %.1f images/s %s",
+                        entry["sampler"],
+                        entry["images_per_second"],
+                        entry.get("metrics", ""),
                     )
-                    entry["metrics"] = EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images))
-                self.results.append(entry)
-                log.info(
-                    "Sampling %s: %.1f images/s %s",
-                    entry["sampler"],
-                    entry["images_per_second"],
-                    entry.get("metrics", ""),
-                )
+        except StopRequested as e:  # keep what was measured; the run is stopping
+            log.warning("Sampling benchmark interrupted after %d sampler(s): %s.", len(self.results), e)
         out = Path(trainer.default_root_dir) / self.filename
         out.write_text(json.dumps(self.results, indent=2))

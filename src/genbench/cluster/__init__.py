@@ -6,7 +6,7 @@
 * :mod:`~genbench.cluster.environment`: what a run does differently inside a SLURM job (the
   requeue callback, Lightning's SLURM environment without its own auto-requeue, the restart count).
 
-The requeue mechanism itself is a Lightning callback, :class:`genbench.callbacks.SlurmRequeue`.
+The save-and-requeue mechanism itself is a Lightning callback, :class:`genbench.callbacks.ResumeCheckpoint`.
 """
 
 from genbench.cluster.environment import cluster_callbacks, cluster_plugins, in_slurm_job, slurm_restart_count

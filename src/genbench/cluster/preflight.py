@@ -26,16 +26,44 @@ log = logging.getLogger("genbench.cluster")
 SUBMITIT_INSTALL = "pip install 'submitit==1.5.4' 'hydra-submitit-launcher==1.2.0' (both are genbench dependencies)"
 
 
+#: how long sinfo may take to answer; a slurmctld that does not answer in this time will not take jobs either
+SINFO_TIMEOUT_S = 30
+
+
+def _unreachable(reason: str) -> GenbenchError:
+    conf = os.environ.get("SLURM_CONF")
+    where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF (unset: the default slurm.conf or DNS SRV records)"
+    return GenbenchError(
+        f"SLURM is not reachable ({reason}): check {where} and that slurmctld is up (sinfo must answer), or use "
+        "hydra/launcher=local to run the sweep on this machine."
+    )
+
+
+def _first_error_line(stderr: str) -> str:
+    """The line of sinfo's stderr that says why: its ``fatal:`` line where there is one (SLURM
+    prints retries and DNS lookups first), else its first line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = [line for line in lines if "fatal" in line.lower()]
+    return (fatal or lines or ["no message"])[0]
+
+
 def _sinfo(*args: str) -> list[str] | None:
-    """Lines of ``sinfo -h ARGS``, or None where sinfo is missing or does not answer."""
+    """Lines of ``sinfo -h ARGS``; None where sinfo is not installed (submitting from elsewhere).
+
+    An installed sinfo that fails or does not answer means no SLURM controller can be reached, so
+    sbatch would fail too, after Hydra has started the sweep and with a traceback: that is a
+    :class:`GenbenchError` here, before anything is submitted.
+    """
     if shutil.which("sinfo") is None:
         return None
     try:
-        out = subprocess.run(["sinfo", "-h", *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+        out = subprocess.run(["sinfo", "-h", *args], capture_output=True, text=True, timeout=SINFO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _unreachable(f"sinfo did not answer within {SINFO_TIMEOUT_S} s") from None
+    except OSError as e:
+        raise _unreachable(f"sinfo cannot run: {e}") from None
     if out.returncode != 0:
-        return None
+        raise _unreachable(f"sinfo exited with status {out.returncode}: {_first_error_line(out.stderr)}")
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -51,10 +79,11 @@ def _memory_mb(mem: str) -> int | None:
 
 def check_partition(partition: str | None, gpus_per_node: int, mem_gb: Any, cpus_per_node: int) -> None:
     """Against ``sinfo``: the partition exists and one of its nodes has the GPUs, memory and CPUs
-    a node of this job asks for. Skipped where sinfo is unavailable (submitting from elsewhere)."""
+    a node of this job asks for. Skipped where sinfo is not installed (submitting from elsewhere);
+    an error where it is installed but SLURM does not answer."""
     rows = _sinfo("-o", "%P|%G|%m|%c")
     if rows is None:
-        log.info("sinfo is not available: cannot check partition/resources before submission.")
+        log.info("sinfo is not installed: cannot check partition/resources before submission.")
         return
     parts = [r.split("|") for r in rows]
     names = sorted({p[0].rstrip("*") for p in parts})

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from genbench import GenbenchError
+from genbench.reproducibility import EpochOrder
 
 SPLITS = ("train", "val", "test")
 
@@ -111,6 +112,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.limit_train = limit_train
         self.pin_memory = pin_memory
         self._splits: dict[str, ImageTensorDataset] = {}
+        #: the training order's seed: the run's seed (train() seeds before building the datamodule)
+        self.shuffle_seed = torch.initial_seed()
+        self._train_order: EpochOrder | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     # --- to implement -------------------------------------------------------------------------
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,17 +157,34 @@ class ImageDataModule(pl.LightningDataModule):
         """The split's uint8 images, exactly as evaluation should see them."""
         return self.dataset(split).images
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, order: EpochOrder | None = None) -> DataLoader:
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,  # equal-size training batches: BatchNorm and DDP like them
+            sampler=order,  # None: the split in its stored order
+            drop_last=order is not None,  # equal-size training batches: BatchNorm and DDP like them
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=_batch_passthrough,
+            # the loader's own generator: creating an iterator never draws from the global RNG
+            generator=torch.Generator().manual_seed(0),
         )
+
+    def train_order(self) -> EpochOrder:
+        """The training split's order, shared by every train loader of this datamodule."""
+        if self._train_order is None:
+            self._train_order = EpochOrder(self.dataset("train"), self.shuffle_seed, self.batch_size)
+        if self._resume_at is not None:
+            self._train_order.resume_at(*self._resume_at)
+            self._resume_at = None
+        return self._train_order
+
+    def resume_train_order(self, epoch: int, batches_done: int) -> None:
+        """Make the next training epoch ``epoch`` start after ``batches_done`` batches (a resumed run)."""
+        self._resume_at = (epoch, batches_done)
+        if self._train_order is not None:
+            self.train_order()
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.dataset("train"))
@@ -171,10 +193,10 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.name}: the training split has {n} images, fewer than data.batch_size={self.batch_size}. "
                 "Lower data.batch_size or use more data."
             )
-        return self._loader("train", shuffle=True)
+        return self._loader("train", self.train_order())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

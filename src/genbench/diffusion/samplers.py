@@ -14,6 +14,7 @@ from rich.progress import Progress
 from genbench import GenbenchError
 from genbench.diffusion.schedule import NoiseSchedule, _extract
 from genbench.reproducibility import randn
+from genbench.stopping import check_stop
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,6 +82,7 @@ class Sampler:
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"{self.name} sampling", total=len(ts))
             for i, t in enumerate(ts):
+                check_stop()  # a SIGTERM takes effect within one network evaluation
                 tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
                 x = self.step(i, eps_model(x, tt), x, tt, generator)
                 bar.advance(task)

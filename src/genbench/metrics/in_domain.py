@@ -145,8 +145,11 @@ if IN_DOMAIN not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(IN_DOMAIN, InDomainExtractor)
 
 
-def extractor_dir(cache_dir: str | Path, dataset: str, image_size: int, channels: int) -> Path:
-    return Path(cache_dir) / "extractors" / f"{dataset}_{image_size}px_{channels}ch"
+def extractor_dir(cache_dir: str | Path, dataset: str, image_size: int, channels: int, key: str) -> Path:
+    """``<cache>/extractors/<dataset>_<size>px_<channels>ch-<key>``: ``key`` hashes everything that
+    changes the trained weights (training images and labels, training settings), so an extractor
+    trained on a subset or with other settings never takes the full one's place."""
+    return Path(cache_dir) / "extractors" / f"{dataset}_{image_size}px_{channels}ch-{key}"
 
 
 def in_domain_spec(path: str | Path) -> ExtractorSpec:

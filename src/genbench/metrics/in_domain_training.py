@@ -6,6 +6,9 @@ the others wait and then reuse the file it wrote atomically.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,8 +19,9 @@ import torch.nn.functional as F
 
 from genbench.data.base import to_unit_range
 from genbench.errors import GenbenchError
-from genbench.io import atomic_torch_save, atomic_write_json, file_lock, read_json, sha256_file
+from genbench.io import atomic_torch_save, atomic_write_json, file_lock, read_json, sha256_file, tensor_digest
 from genbench.metrics.in_domain import FILE_FORMAT, DomainCNN, extractor_dir, load_extractor_file
+from genbench.stopping import check_stop
 
 log = logging.getLogger("genbench.metrics")
 
@@ -85,6 +89,7 @@ def train_in_domain_extractor(
         for _ in range(epochs):
             perm = torch.randperm(len(images), generator=g)
             for s in range(steps_per_epoch):
+                check_stop()
                 idx = perm[s * batch_size : (s + 1) * batch_size]
                 _, logits = net(to_unit_range(images[idx]))
                 loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.05)
@@ -121,6 +126,25 @@ def train_in_domain_extractor(
     return payload, report
 
 
+#: train_in_domain_extractor's default settings: part of every training key
+TRAINING_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(train_in_domain_extractor).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
+
+def training_key(datamodule: Any, train_kwargs: dict[str, Any]) -> str:
+    """12 hex digits of a hash of everything that determines the extractor's weights: the exact
+    training and test images and labels (``limit_train``, the split seed, a resize... all change
+    them) and every training setting, defaults included (``progress`` excepted)."""
+    settings = {k: v for k, v in {**TRAINING_DEFAULTS, **train_kwargs}.items() if k != "progress"}
+    parts = [FILE_FORMAT, json.dumps(settings, sort_keys=True, default=str)]
+    for split in ("train", "test"):
+        parts += [tensor_digest(datamodule.real_images(split)), tensor_digest(_labels(datamodule, split))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
 def ensure_in_domain_extractor(
     datamodule: Any,
     cache_dir: str | Path,
@@ -131,7 +155,8 @@ def ensure_in_domain_extractor(
     """Path of the dataset's in-domain extractor, training it first when missing (once: concurrent
     jobs wait on a lock and then reuse the file the first one wrote atomically)."""
     datamodule.setup()
-    directory = extractor_dir(cache_dir, datamodule.name, datamodule.image_size, datamodule.channels)
+    key = training_key(datamodule, train_kwargs)
+    directory = extractor_dir(cache_dir, datamodule.name, datamodule.image_size, datamodule.channels, key)
     path = directory / "extractor.pt"
 
     def usable() -> bool:
@@ -151,7 +176,7 @@ def ensure_in_domain_extractor(
             f"No in-domain extractor for {datamodule.name} at {datamodule.image_size}px in {directory}. Train it "
             f"with `genbench-train-extractor data={datamodule.name}` or set metrics.train_extractor=true."
         )
-    with file_lock(directory.parent / f".{directory.name}.lock"):
+    with file_lock(directory.parent / f".{directory.name}.lock", f"the in-domain extractor of {datamodule.name}"):
         if usable():  # another job trained it while we waited
             return path
         log.info("Training the in-domain extractor for %s into %s", datamodule.name, directory)
@@ -160,6 +185,7 @@ def ensure_in_domain_extractor(
             payload, report = train_in_domain_extractor(datamodule, **train_kwargs)
         atomic_torch_save(payload, path)
         report["weights_sha256"] = sha256_file(path)
+        report["training_key"] = key
         atomic_write_json(directory / "extractor.json", report)
         log.info(
             "In-domain extractor: %.2f%% test accuracy after %d epochs (%.0f s).",

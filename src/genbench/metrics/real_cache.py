@@ -83,7 +83,7 @@ class RealFeatureCache:
         atomic_write_json(self.manifest_path, {"key": self.key, "files": files, "written": time.time()})
 
     def lock(self) -> Any:
-        return file_lock(self.root / f".{self.key}.lock")
+        return file_lock(self.root / f".{self.key}.lock", f"the real features {self.key}")
 
 
 def real_cache_key(real: torch.Tensor, spec: ExtractorSpec, dataset: str = "real", split: str = "custom") -> str:

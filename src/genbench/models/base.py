@@ -15,6 +15,7 @@ import torch
 
 from genbench import GenbenchError, __version__
 from genbench.reproducibility import randn
+from genbench.stopping import check_stop
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any] | None
@@ -60,6 +61,7 @@ class GenerativeModel(pl.LightningModule):
         try:
             chunks = []
             for start in range(0, n, self.sample_batch_size):
+                check_stop()
                 b = min(self.sample_batch_size, n - start)
                 chunks.append(self._sample_batch(b, generator, **kwargs).float().clamp(-1, 1))
         finally:

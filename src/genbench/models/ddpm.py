@@ -85,7 +85,10 @@ class DDPM(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The EMA follows every optimizer step at once, so no callback (a checkpoint saved at
+        batch end, an evaluation) ever sees new weights with an old EMA."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

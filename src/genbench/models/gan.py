@@ -96,12 +96,15 @@ class GAN(GenerativeModel):
         return loss.detach()
 
     def generator_step(self, fake: torch.Tensor) -> torch.Tensor:
-        """One update of G only. D receives gradients too but they are cleared before D's next step."""
+        """One update of G only. D's weights are frozen for the pass (Lightning's
+        ``toggled_optimizer`` sets requires_grad=False on every parameter G's optimizer does not
+        own), so the backward computes no gradient for them: they would only be thrown away."""
         opt_g, _ = self.optimizers()
-        loss = generator_loss(self.discriminator(fake), self.loss_kind)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_g.step()
+        with self.toggled_optimizer(opt_g):
+            loss = generator_loss(self.discriminator(fake), self.loss_kind)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt_g.step()
         return loss.detach()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from genbench import PROJECT_ROOT, __version__
+from genbench import __version__
 from genbench.report.collect import RunResult
 from genbench.report.figures import side_by_side
 from genbench.report.html import write_html
@@ -22,18 +22,19 @@ log = logging.getLogger("genbench.report")
 
 
 def environment() -> dict[str, Any]:
+    # The commit of genbench's own source checkout (an editable install). An installed package has
+    # none: its files are not tracked by any repository (not even one its venv happens to sit in),
+    # so git_commit and git_dirty are None there.
+    package_dir = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=package_dir, capture_output=True, text=True, timeout=5)
+
+    commit, dirty = None, None
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            or None
-        )
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-        )
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode == 0:
+            commit = git("rev-parse", "HEAD").stdout.strip() or None
+            dirty = bool(git("status", "--porcelain").stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {

@@ -1,0 +1,163 @@
+"""Every runnable experiment preset trains for a few steps, in-process through ``train(cfg)``.
+
+tests/test_configs.py only composes the presets; here each Fashion-MNIST and synthetic one runs
+(`debug=fast`: a few batches) with its own data, model, trainer and callbacks, and only its cost
+shrunk by overrides: fewer evaluation samples, a small in-domain extractor trained once per session
+(a session-scoped ``paths.cache_dir``) on a 512-image slice, smaller sampling benchmarks and
+budgets that end after a few batches. The GPU presets (trainer=gpu: the CIFAR-10 ones, which have
+no data here, and benchmark/full_*) are only composed (test_every_runnable_preset_is_run_here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_train
+from genbench import CONFIG_DIR
+from genbench.models import read_checkpoint
+from genbench.train import train
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason="Debian package dataset-fashion-mnist not installed (make data / apt-get install dataset-fashion-mnist)",
+)
+
+QUIET = ["debug=fast", "print_config=false", "callbacks.progress_bar=null", "callbacks.model_summary=null"]
+
+# A cheap evaluation protocol for the benchmark presets (their EvaluationCallback): 64 samples
+# (> the 16 feature dims of the small extractor) and a tiny extractor trained for a few steps.
+CHEAP_EVAL = [
+    "callbacks.evaluation.num_samples=64",
+    "callbacks.evaluation.metrics.kid_subsets=5",
+    "++callbacks.evaluation.metrics.kid_subset_size=32",
+    "callbacks.evaluation.metrics.isc_splits=2",
+    "++callbacks.evaluation.metrics.extractor_training={epochs: 1, min_steps: 8, feature_dim: 16, width: 8}",
+    "callbacks.sampling.num_images=8",
+]
+
+# preset -> (family, datamodule class, one value the preset sets that no default has)
+FASHION_MNIST_PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "fashion_mnist_gan": ("gan", "FashionMNISTDataModule", {"data.batch_size": 128}),
+    "fashion_mnist_vae": ("vae", "FashionMNISTDataModule", {"data.batch_size": 128}),
+    "fashion_mnist_ddpm": ("ddpm", "FashionMNISTDataModule", {"data.batch_size": 64}),
+    "benchmark/cpu_gan": ("gan", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
+    "benchmark/cpu_vae": ("vae", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
+    "benchmark/cpu_ddpm": ("ddpm", "FashionMNISTDataModule", {"model.net.base_channels": 16}),
+}
+SYNTHETIC_PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "benchmark/tiny_gan": ("gan", "SyntheticDataModule", {"model.generator.width": 8}),
+    "benchmark/tiny_vae": ("vae", "SyntheticDataModule", {"model.latent_dim": 8}),
+    "benchmark/tiny_ddpm": ("ddpm", "SyntheticDataModule", {"model.net.base_channels": 8}),
+}
+# Not run here besides the GPU presets: the sweep definition (hydra.mode=MULTIRUN over model x
+# seed: its jobs are plain `model=<family>` runs).
+NOT_RUN = {"sweep_families"}
+
+# Per-preset cost cuts on top of QUIET. The budgets end training after a few batches (tiny: 3 of 32
+# images; cpu: 2 of 128, the DDPM 4 of 64), having evaluated at an eval_at fraction and at the end.
+SHRINK: dict[str, list[str]] = {
+    "fashion_mnist_ddpm": ["model.sampler.steps=5"],  # the final sample grid: 5 DDIM steps, not 50
+    **{
+        f"benchmark/cpu_{f}": [
+            "data.limit_train=512",  # also what the in-domain extractor trains on
+            "callbacks.budget.max_train_seconds=null",
+            "callbacks.budget.max_images=256",
+            *CHEAP_EVAL,
+        ]
+        for f in ("gan", "vae", "ddpm")
+    },
+    **{f"benchmark/tiny_{f}": ["callbacks.budget.max_images=96", *CHEAP_EVAL] for f in ("gan", "vae", "ddpm")},
+}
+
+
+def _presets() -> list[str]:
+    root = CONFIG_DIR / "experiment"
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+@pytest.fixture(scope="session")
+def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the whole session: each dataset's in-domain extractor is trained once."""
+    return tmp_path_factory.mktemp("preset_cache")
+
+
+def _run(preset: str, cache: Path, run: Path) -> dict[str, Any]:
+    cfg = compose_train([f"experiment={preset}", *QUIET, *SHRINK.get(preset, []), f"paths.cache_dir={cache}"], run)
+    return train(cfg)
+
+
+def _check_run(expected: tuple[str, str, dict[str, Any]], metrics: dict[str, Any], run: Path) -> None:
+    family, datamodule, preset_values = expected
+    assert metrics["family"] == family
+    assert json.loads((run / "metrics.json").read_text())["family"] == family
+    losses = {k: v for k, v in metrics.items() if k.startswith("train/") and "loss" in k}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["genbench"]["family"] == family
+    resolved = OmegaConf.load(run / "config_resolved.yaml")
+    assert resolved.model._target_ == f"genbench.models.{family.upper()}"
+    assert resolved.data._target_ == f"genbench.data.{datamodule}"
+    for key, value in preset_values.items():  # the preset itself was applied, not only the group defaults
+        assert OmegaConf.select(resolved, key) == value, key
+
+
+def _check_benchmark_run(preset: str, run: Path, images: int, samplers: set[str]) -> None:
+    family = preset.rsplit("_", 1)[1]
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["max_images"] == images and budget["images_seen"] == images  # the budget stopped it
+    assert budget["budget_fraction"] == 1.0
+    final = json.loads((run / "eval" / "final.json").read_text())
+    assert final["num_samples"] == 64 and math.isfinite(final["fid"]) and final["fid"] >= 0
+    assert final["extractor"].startswith("in-domain:")
+    history = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
+    fractions = [h["budget_fraction"] for h in history]
+    assert len(history) >= 2 and fractions == sorted(fractions) and fractions[-1] == 1.0, fractions
+    sampling = {s["sampler"]: s for s in json.loads((run / "sampling.json").read_text())}
+    assert set(sampling) == samplers, (family, set(sampling))
+    assert all(s["num_images"] == 8 and s["images_per_second"] > 0 for s in sampling.values())
+
+
+def test_every_runnable_preset_is_run_here(tmp_path: Path) -> None:
+    """A new preset must be run here or be a GPU preset: nothing is silently left out."""
+    covered = set(FASHION_MNIST_PRESETS) | set(SYNTHETIC_PRESETS) | NOT_RUN
+    gpu_only = set()
+    for preset in sorted(set(_presets()) - covered):
+        cfg = compose_train([f"experiment={preset}"], tmp_path)
+        assert cfg.trainer.accelerator == "gpu", f"{preset} runs on a CPU but is not run in tests/test_presets.py"
+        gpu_only.add(preset)
+    assert {"cifar10_ddpm", "benchmark/full_cifar10_ddpm", "benchmark/full_ddpm"} <= gpu_only
+    assert covered - NOT_RUN <= set(_presets())  # no stale names here
+
+
+@pytest.mark.parametrize("preset", sorted(SYNTHETIC_PRESETS))
+def test_synthetic_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics = _run(preset, preset_cache, run)
+    _check_run(SYNTHETIC_PRESETS[preset], metrics, run)
+    samplers = {"ddim-4", "ddim-2", "ancestral-100"} if preset.endswith("ddpm") else {"default"}
+    _check_benchmark_run(preset, run, images=96, samplers=samplers)
+    if preset.endswith("ddpm"):  # the 100-step ancestral sampler is timed, not evaluated (timing_only)
+        sampling = {s["sampler"]: s for s in json.loads((run / "sampling.json").read_text())}
+        assert "metrics" not in sampling["ancestral-100"] and "eval/fid" in sampling["ddim-2"]["metrics"]
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("preset", sorted(FASHION_MNIST_PRESETS))
+def test_fashion_mnist_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics = _run(preset, preset_cache, run)
+    _check_run(FASHION_MNIST_PRESETS[preset], metrics, run)
+    if preset.startswith("benchmark/"):
+        samplers = {"ddim-10", "ddim-5", "ddim-25"} if preset.endswith("ddpm") else {"default"}
+        _check_benchmark_run(preset, run, images=256, samplers=samplers)
+    else:
+        assert metrics["global_step"] == 6  # debug=fast's max_steps (the GAN: 3 batches x 2 optimisers)
+        assert (run / "samples" / "final.png").is_file()
