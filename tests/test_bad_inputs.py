@@ -211,6 +211,20 @@ def test_cli_bad_value_is_one_line_and_writes_nothing(overrides: list[str], key:
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()
 
 
+def test_unwritable_checkpoint_directory_fails_before_training(tmp_path: Path) -> None:
+    """Not after training: a run that cannot save its checkpoints must not start."""
+    r = run_cli(
+        "genbench.train",
+        *QUIET,
+        "model=vae",
+        *TINY["vae"],
+        "callbacks.model_checkpoint.dirpath=/proc/genbench-checkpoints",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    one_error(r, "callbacks.model_checkpoint.dirpath=/proc/genbench-checkpoints", "cannot be written")
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "csv").exists()
+
+
 @pytest.mark.parametrize("same_dir", [False, True], ids=["new run dir", "same run dir, ckpt_path=auto"])
 def test_resume_of_another_architecture_names_shapes_and_config(vae_run: SimpleNamespace, same_dir: bool) -> None:
     # Hydra itself rewrites .hydra/ (and appends to the log) of the directory it runs in, before genbench starts

@@ -304,3 +304,83 @@ def test_bad_requests_are_refused_before_submission(slurm: dict[str, str], tmp_p
             ["hydra/launcher=slurm", "data=synthetic", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=1"]
         )
     )
+
+
+def test_a_job_looks_dead_only_after_the_grace_period_without_a_sign_of_life() -> None:
+    """The launcher's rule: a requeue in progress (PREEMPTED, REQUEUED, PENDING) is alive, a final
+    state or a job squeue no longer lists is suspect, and only a job suspect for the whole grace
+    period is lost; squeue not answering (None) proves nothing either way."""
+    from genbench.cluster.launcher import JobWatch
+
+    watch, grace = JobWatch("7_0"), 10.0
+    timeline: list[tuple[float, dict[str, str] | None, bool]] = [
+        (0.0, {"7_0": "RUNNING"}, False),
+        (1.0, {"7_0": "PREEMPTED"}, False),
+        (2.0, {"7_0": "FAILED"}, False),  # suspect from here
+        (11.0, {"7_0": "FAILED"}, False),  # 9 s: not yet
+        (11.5, {"7_0": "REQUEUED"}, False),  # alive again: the clock restarts
+        (13.0, {"7_0": "PENDING"}, False),
+        (20.0, {}, False),  # gone from squeue: suspect from here
+        (29.0, None, False),  # squeue did not answer
+        (30.0, {}, True),  # 10 s gone
+    ]
+    for now, states, lost in timeline:
+        watch.observe(states, now)
+        assert watch.lost(now, grace) is lost, (now, states)
+        assert not watch.lost(now, None)  # lost_job_grace_s=null: wait forever, as the plain launcher
+    assert watch.state == "PENDING"  # the last state squeue reported
+
+
+def python_of_job(job: str) -> int:
+    """The pid of the job's training process (submitit's ``python -m submitit.core._submit``), from
+    ``scontrol listpids``, which lists the processes of every step of the job on this node."""
+    out = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, timeout=30, check=True)
+    for line in out.stdout.splitlines()[1:]:
+        pid = line.split()[0]
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmdline:
+            return int(pid)
+    pytest.fail(f"no training process in job {job}:\n{out.stdout}")
+
+
+def test_a_job_killed_without_a_result_fails_the_sweep_instead_of_hanging(
+    slurm: dict[str, str], tmp_path: Path
+) -> None:
+    """The training process of a running job is SIGKILLed, as the kernel's OOM killer does it: the
+    process cannot catch the signal, so no checkpoint, no requeue and no result pickle; srun
+    reports "task 0: Killed", the batch script ends and SLURM marks the job FAILED (after MinJobAge
+    squeue forgets it; there is no sacct here). (``scancel --signal=KILL`` would be SLURM's own kill
+    of the steps, a cancellation rather than a death of the job's own.) The plain submitit launcher
+    waits for the result forever; genbench's launcher sees the job gone for lost_job_grace_s and
+    ends the multirun with status 1 and one line naming the job and its log."""
+    import signal
+
+    sweep = tmp_path / "sweep"
+    hydra = long_vae_sweep(sweep, slurm, 5000, "hydra.launcher.lost_job_grace_s=10")
+    job = None
+    try:
+        wait_until_training(hydra, sweep / "0")
+        (job,) = job_ids(sweep)
+        os.kill(python_of_job(job), signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = hydra.communicate(timeout=150)
+        waited = time.monotonic() - killed
+    finally:
+        if hydra.poll() is None:
+            hydra.kill()
+            hydra.communicate()
+        if job is not None:
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+    assert hydra.returncode == 1, out[-3000:]
+    assert 10 <= waited < 120, waited  # no sooner than the grace period, and not forever
+    lines = [line for line in out.splitlines() if f"SLURM job {job} " in line]
+    assert len(lines) == 1, out[-3000:]
+    logs = sweep / ".submitit" / job
+    assert lines[0].startswith("genbench: error:") and "ended without a result (state FAILED)" in lines[0]
+    assert str(logs / f"{job}_0_log.err") in lines[0] and str(logs / f"{job}_0_log.out") in lines[0]
+    assert "task 0: Killed" in job_log(sweep, job)
+    assert not list(logs.glob("*_result.pkl"))  # it really ended without a result

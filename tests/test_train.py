@@ -303,6 +303,27 @@ def test_non_finite_weights_never_replace_last_checkpoint(train_cfg, tmp_path: P
     assert kept["global_step"] == 4
 
 
+def test_diverged_but_finite_weights_never_become_last_checkpoint(train_cfg, tmp_path: Path) -> None:
+    """Weights of magnitude 1e30 are finite, so they pass a finite check, but their loss is not: the
+    save taken with them stays pending and is dropped, and last.ckpt keeps the last sane weights."""
+    model = build(train_cfg("model=vae").model, "model")
+
+    class Diverge(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            if trainer.global_step == 6:  # right before the save due at step 6
+                with torch.no_grad():
+                    for p in pl_module.parameters():
+                        p.fill_(1e30)
+
+    model.configure_callbacks = lambda: [Diverge()]
+    with pytest.raises(GenbenchError, match=r"Non-finite training loss at step 7: .*last\.ckpt of step 4 "):
+        _fit_with_resume(model, tmp_path / "checkpoints")
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert kept["global_step"] == 4
+    assert max(v.abs().max().item() for v in kept["state_dict"].values() if v.is_floating_point()) < 1e6
+    assert not (tmp_path / "checkpoints" / ".last.ckpt.pending").exists()  # the diverged save was dropped
+
+
 def test_wandb_goes_offline_without_credentials(train_cfg, tmp_path: Path, monkeypatch) -> None:
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         monkeypatch.delenv(var, raising=False)

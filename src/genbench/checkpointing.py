@@ -133,14 +133,15 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints"
 
 
-def save_last_checkpoint(trainer: pl.Trainer) -> Path:
+def save_last_checkpoint(trainer: pl.Trainer, pending: bool = False) -> Path:
     """Write ``<checkpoint dir>/last.ckpt`` atomically: a kill mid-write leaves the previous one.
 
-    Collective under DDP (every rank calls it, rank 0 writes). Recorded as ModelCheckpoint's own
-    "last", so a later save of the run overwrites it instead of writing ``last-v1.ckpt`` beside a
-    stale ``last.ckpt``."""
+    With ``pending`` the file is ``.last.ckpt.pending`` instead, for the caller to promote with
+    :func:`promote_pending` once the weights have proved sane. Collective under DDP (every rank
+    calls it, rank 0 writes). Recorded as ModelCheckpoint's own "last", so a later save of the run
+    overwrites it instead of writing ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
     ckpt_dir = checkpoint_dir(trainer)
-    last, tmp = ckpt_dir / LAST, ckpt_dir / f".{LAST}.part"
+    last, tmp = ckpt_dir / (f".{LAST}.pending" if pending else LAST), ckpt_dir / f".{LAST}.part"
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "save_last", False) and Path(getattr(cb, "dirpath", "") or "") == ckpt_dir:
             cb.last_model_path = str(last)
@@ -148,6 +149,14 @@ def save_last_checkpoint(trainer: pl.Trainer) -> Path:
     if trainer.is_global_zero:
         os.replace(tmp, last)
     trainer.strategy.barrier("genbench-save-last")
+    return last
+
+
+def promote_pending(trainer: pl.Trainer, pending: Path) -> Path:
+    """Make a pending checkpoint the run's last.ckpt (rank 0; an atomic rename)."""
+    last = pending.with_name(LAST)
+    if trainer.is_global_zero and pending.is_file():
+        os.replace(pending, last)
     return last
 
 

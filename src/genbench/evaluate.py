@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from genbench.config import build
 from genbench.data.folder import load_image_folder
 from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
-from genbench.io import atomic_write_json, read_json
+from genbench.io import atomic_write_json, check_writable, read_json
 from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8
 from genbench.metrics.fidelity import check_sample_counts
 from genbench.schema import validate_config
@@ -107,31 +105,6 @@ def output_path(cfg: DictConfig) -> Path:
     if not cfg.get("input1") and cfg.get("ckpt_path"):
         return Path(str(cfg.ckpt_path)).expanduser().parent / "metrics.json"
     return Path(cfg.paths.output_dir) / "metrics.json"
-
-
-def check_writable(path: Path, key: str = "output") -> None:
-    """Refuse an output path the result could not be written to, before any sampling: otherwise
-    the evaluation would fail after all its work and lose the result.
-
-    The nearest existing directory gets a probe file, created and removed at once: permissions
-    alone do not tell (root may write anywhere by mode, yet not into /proc or a read-only mount).
-    """
-    if path.is_dir():
-        raise GenbenchError(f"{key}={path} is a directory: give a file path such as {key}={path / 'metrics.json'}.")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise GenbenchError(f"{key}={path}: {parent} is a file, not a directory; choose another {key} path.")
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.probe-")
-    except OSError as e:
-        raise GenbenchError(
-            f"{key}={path} cannot be written: creating a file in {parent} fails ({e.strerror or e}); choose a writable path, "
-            f"e.g. {key}=outputs/eval/metrics.json."
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:

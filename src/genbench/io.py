@@ -121,3 +121,47 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _probe(directory: Path) -> None:
+    """Create and remove a file in ``directory``: permissions alone do not tell (root may write
+    anywhere by mode, yet not into /proc or a read-only mount)."""
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".genbench-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(path: Path, key: str = "output", example: str = "outputs/eval/metrics.json") -> None:
+    """Refuse a file path a result could not be written to, before any work: otherwise the work
+    would fail at its end and lose the result. ``key``/``example`` name the setting in the error."""
+    from genbench.errors import GenbenchError
+
+    if path.is_dir():
+        raise GenbenchError(f"{key}={path} is a directory: give a file path such as {key}={path / 'metrics.json'}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GenbenchError(f"{key}={path}: {parent} is a file, not a directory; choose another {key} path.")
+    try:
+        _probe(parent)
+    except OSError as e:
+        raise GenbenchError(
+            f"{key}={path} cannot be written: creating a file in {parent} fails ({e.strerror or e}); choose a "
+            f"writable path, e.g. {key}={example}."
+        ) from None
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """Create ``path`` if needed and prove a file can be written in it, or raise one clear error
+    naming ``key``: a run must not train for hours and then fail to save its checkpoints."""
+    from genbench.errors import GenbenchError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _probe(path)
+    except OSError as e:
+        raise GenbenchError(
+            f"{key}={path} cannot be written ({e.strerror or e}): choose a writable directory (or leave {key} at "
+            "its default, inside the run directory)."
+        ) from None

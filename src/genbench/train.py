@@ -19,15 +19,20 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR
-from genbench.callbacks import link_callbacks
-from genbench.checkpointing import check_resume_compatible, resolve_ckpt_path, resume_csv_history
+from genbench.callbacks import ResumeCheckpoint, link_callbacks
+from genbench.checkpointing import (
+    check_resume_compatible,
+    checkpoint_dir,
+    resolve_ckpt_path,
+    resume_csv_history,
+)
 from genbench.cluster import cluster_callbacks, cluster_plugins
 from genbench.compat import install_ddp_child_command
 from genbench.config import build, print_config_tree
 from genbench.devices import reduced_precision_warning
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
-from genbench.io import atomic_write_json
+from genbench.io import atomic_write_json, check_writable_dir
 from genbench.loggers import build_loggers, finish_wandb
 from genbench.models import FAMILIES, GenerativeModel, family_of_config
 from genbench.rundir import write_failure
@@ -94,6 +99,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
     if warning := reduced_precision_warning(trainer.strategy.root_device, str(trainer.precision)):
         log.warning(warning)
+    writes_checkpoints = trainer.checkpoint_callbacks or any(isinstance(cb, ResumeCheckpoint) for cb in callbacks)
+    if rank_zero and writes_checkpoints:  # fail now, not after hours of training
+        check_writable_dir(checkpoint_dir(trainer), "callbacks.model_checkpoint.dirpath")
 
     if rank_zero:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genbench.checkpointing import save_last_checkpoint
+from genbench.checkpointing import promote_pending, save_last_checkpoint
 from genbench.cluster.environment import in_slurm_job, requeue_decision, requeue_job
 from genbench.compat import epoch_batches_done, mark_fetched_batch_unrun
 from genbench.errors import GenbenchError
@@ -93,6 +93,7 @@ class ResumeCheckpoint(pl.Callback):
         self._rng_to_restore: dict[str, Any] | None = None
         #: the global step of the last.ckpt this run wrote last (None: none yet)
         self.last_saved_step: int | None = None
+        self._pending: tuple[Any, int] | None = None
 
     # --- signals --------------------------------------------------------------------------------
     def _record(self, signum: int, frame: Any) -> None:
@@ -119,7 +120,11 @@ class ResumeCheckpoint(pl.Callback):
             save_last_checkpoint(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A save still pending never proved its weights sane: it is dropped, last.ckpt stays."""
         self._restore_handlers()
+        if self._pending is not None and trainer.is_global_zero:
+            self._pending[0].unlink(missing_ok=True)
+        self._pending = None
 
     def _restore_handlers(self) -> None:
         clear_stop()
@@ -151,7 +156,8 @@ class ResumeCheckpoint(pl.Callback):
         save, signum = self._due(trainer)
         path = None
         if save:
-            path = self.save(trainer)
+            # a periodic save waits for its weights' own loss (this batch) before it becomes last.ckpt
+            path = self.save(trainer, verify=signum is None)
         if signum is None:
             return
         self._stop(trainer, signum, path)
@@ -159,11 +165,25 @@ class ResumeCheckpoint(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """Promote a pending save once the loss its weights gave is finite: weights that have
+        already diverged (finite but huge, their loss NaN) never become last.ckpt."""
         self._batches_since_save += 1
+        if self._pending is None:
+            return
+        path, step = self._pending
+        self._pending = None
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all()):
+            if trainer.is_global_zero:
+                path.unlink(missing_ok=True)
+            return  # the NaN guard stops the run and names the last.ckpt that is kept
+        promote_pending(trainer, path)
+        self.last_saved_step = step
 
-    def save(self, trainer: pl.Trainer) -> Any:
+    def save(self, trainer: pl.Trainer, verify: bool = False) -> Any:
         """Write last.ckpt now (collective under DDP). Only call at a batch start. Weights that
-        are no longer finite never replace the previous last.ckpt."""
+        are no longer finite never replace the previous last.ckpt; with ``verify`` the file is
+        pending until this batch's loss (computed with these weights) has proved finite."""
         weights = [p.detach() for p in trainer.lightning_module.parameters()]
         if weights and not bool(torch.isfinite(torch.stack([w.abs().max().float() for w in weights])).all()):
             kept = (
@@ -177,12 +197,15 @@ class ResumeCheckpoint(pl.Callback):
             )
         self._saving = True
         try:
-            path = save_last_checkpoint(trainer)
+            path = save_last_checkpoint(trainer, pending=verify)
         finally:
             self._saving = False
         self._batches_since_save = 0
         self._last_save = time.monotonic()
-        self.last_saved_step = trainer.global_step
+        if verify:
+            self._pending = (path, trainer.global_step)
+        else:
+            self.last_saved_step = trainer.global_step
         return path
 
     def _stop(self, trainer: pl.Trainer, signum: int, path: Any) -> None:

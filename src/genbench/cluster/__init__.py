@@ -3,6 +3,8 @@
 * :mod:`~genbench.cluster.resources`: the training config turned into a SLURM request (resolvers
   of ``conf/hydra/launcher/*.yaml``);
 * :mod:`~genbench.cluster.preflight`: checks of that request before anything is submitted;
+* :mod:`~genbench.cluster.launcher`: the SLURM launcher, which reports jobs that ended without a
+  result instead of waiting for them forever;
 * :mod:`~genbench.cluster.environment`: what a run does differently inside a SLURM job (the
   requeue callback, Lightning's SLURM environment without its own auto-requeue, the restart count).
 
@@ -10,10 +12,13 @@ The save-and-requeue mechanism itself is a Lightning callback, :class:`genbench.
 """
 
 from genbench.cluster.environment import cluster_callbacks, cluster_plugins, in_slurm_job, slurm_restart_count
+from genbench.cluster.launcher import GenbenchSlurmLauncher, SlurmJobsLost
 from genbench.cluster.preflight import LauncherPreflight, check_launcher, check_partition
 
 __all__ = [
+    "GenbenchSlurmLauncher",
     "LauncherPreflight",
+    "SlurmJobsLost",
     "check_launcher",
     "check_partition",
     "cluster_callbacks",
