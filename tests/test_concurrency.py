@@ -19,30 +19,40 @@ from genbench.metrics.in_domain_training import ensure_in_domain_extractor, trai
 SMALL = {"epochs": 1, "batch_size": 64, "feature_dim": 8, "width": 4, "min_steps": 60, "progress": False}
 
 
-def ensure_in_subprocess(cache: Path) -> subprocess.Popen:
+def evaluate_in_subprocess(cache: Path) -> subprocess.Popen:
+    """A whole evaluation, as two jobs of a sweep run it: extractor (trained on first use), real
+    features (cached), generated images scored; prints the FID and how many images the extractor saw."""
     code = textwrap.dedent(
         f"""
         import logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        import torch
         from genbench.data import SyntheticDataModule
-        from genbench.metrics.in_domain_training import ensure_in_domain_extractor
+        from genbench.metrics import Evaluator, InDomainExtractor
         dm = SyntheticDataModule(num_train=512, num_test=256, batch_size=64)
-        print(ensure_in_domain_extractor(dm, {str(cache)!r}, **{SMALL!r}))
+        settings = {{"extractor": "in-domain", "extractor_training": {SMALL!r}, "kid_subsets": 5, "isc_splits": 2}}
+        ev = Evaluator.for_datamodule(dm, settings, cache_dir={str(cache)!r}, progress=False)
+        result = ev.evaluate(dm.real_images("train")[:128])
+        print(result["fid"], InDomainExtractor.images_seen)
         """
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_extractor_once_and_the_second_says_it_waits(tmp_path: Path) -> None:
-    procs = [ensure_in_subprocess(tmp_path) for _ in range(2)]
+def test_two_concurrent_evaluations_share_one_cache(tmp_path: Path) -> None:
+    procs = [evaluate_in_subprocess(tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    paths = {out.strip() for out, _ in outs}
-    assert len(paths) == 1 and Path(paths.pop()).is_file()  # both use the same file
+    fids, seen = zip(*((float(f), int(n)) for f, n in (out.split() for out, _ in outs)), strict=True)
+    assert fids[0] == fids[1]  # the same numbers from the same cache
     logs = "".join(err for _, err in outs)
-    assert logs.count("Training the in-domain extractor") == 1  # trained once
-    assert "Waiting for the in-domain extractor of synthetic: process" in logs  # the other said why it waited
+    assert logs.count("Training the in-domain extractor") == 1  # trained once...
+    assert "Waiting for the in-domain extractor of synthetic: process" in logs  # ...the other said it waited
+    # the real test split (256 images) went through the extractor in one process only; the other
+    # scored its 128 generated images against the cached real features
+    assert sorted(seen) == [128, 128 + 256]
+    assert len(list((tmp_path / "extractors").glob("synthetic_32px_1ch-*/extractor.pt"))) == 1
 
 
 def test_a_lock_left_by_a_killed_process_blocks_nobody(tmp_path: Path) -> None:
