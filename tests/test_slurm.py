@@ -341,7 +341,8 @@ def python_of_job(job: str) -> int:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"submitit.core._submit" in cmdline:
+        # the python itself, not the batch step's srun whose arguments name the same module
+        if b"submitit.core._submit" in cmdline and Path(cmdline[0].decode()).name.startswith("python"):
             return int(pid)
     pytest.fail(f"no training process in job {job}:\n{out.stdout}")
 
