@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,6 +143,13 @@ def test_fresh_multirun_over_checkpoints_touches_nothing(tmp_path: Path) -> None
     assert hashes(sweep) == before
 
 
+def _make_immutable(path: Path) -> bool:
+    """``chattr +i``: even root cannot create files in the directory (a read-only mode does not stop root)."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
 @pytest.mark.parametrize("where", ["proc", "under_a_file", "read_only"])
 def test_unwritable_run_directory_is_one_line(tmp_path: Path, where: str) -> None:
     if where == "proc":
@@ -149,12 +157,16 @@ def test_unwritable_run_directory_is_one_line(tmp_path: Path, where: str) -> Non
     elif where == "under_a_file":
         (tmp_path / "file").write_text("keep")
         run = tmp_path / "file" / "run"
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into read-only directories")
+    else:  # an existing directory nobody may write: mode 555, or immutable where root ignores modes
         run = tmp_path / "ro"
         run.mkdir(mode=0o555)
-    r = train_cli("model=vae", *QUIET, f"hydra.run.dir={run}")
+        if os.geteuid() == 0 and not _make_immutable(run):
+            pytest.skip("root writes into read-only directories, and chattr +i is not available here")
+    try:
+        r = train_cli("model=vae", *QUIET, f"hydra.run.dir={run}")
+    finally:
+        if where == "read_only" and os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(run)], check=False)
     assert r.returncode == 1, r.stderr[-2000:]
     (line,) = error_lines(r)
     assert str(run) in line and "hydra.run.dir=" in line

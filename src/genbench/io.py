@@ -123,9 +123,11 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
-def _probe(directory: Path) -> None:
-    """Create and remove a file in ``directory``: permissions alone do not tell (root may write
-    anywhere by mode, yet not into /proc or a read-only mount)."""
+def probe_writable(directory: Path) -> None:
+    """Create and remove a file in ``directory`` (raises OSError when that fails): permissions
+    alone do not tell (root may write anywhere by mode, yet not into /proc, a read-only mount or
+    an immutable directory). The one writability check of every output place: run directory,
+    checkpoint directory, result files."""
     fd, probe = tempfile.mkstemp(dir=directory, prefix=".genbench-probe-")
     os.close(fd)
     os.unlink(probe)
@@ -144,7 +146,7 @@ def check_writable(path: Path, key: str = "output", example: str = "outputs/eval
     if not parent.is_dir():
         raise GenbenchError(f"{key}={path}: {parent} is a file, not a directory; choose another {key} path.")
     try:
-        _probe(parent)
+        probe_writable(parent)
     except OSError as e:
         raise GenbenchError(
             f"{key}={path} cannot be written: creating a file in {parent} fails ({e.strerror or e}); choose a "
@@ -159,7 +161,7 @@ def check_writable_dir(path: Path, key: str) -> None:
 
     try:
         path.mkdir(parents=True, exist_ok=True)
-        _probe(path)
+        probe_writable(path)
     except OSError as e:
         raise GenbenchError(
             f"{key}={path} cannot be written ({e.strerror or e}): choose a writable directory (or leave {key} at "

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from genbench.errors import GenbenchError, user_errors
-from genbench.io import atomic_write_json
+from genbench.io import atomic_write_json, probe_writable
 
 log = logging.getLogger("genbench")
 
@@ -157,10 +157,12 @@ def claim_dir(path: Path, *, generated: bool, key: str) -> tuple[Path, bool]:
                     f"The run directory {candidate} exists and is not a directory: choose another with {key}=<dir>."
                 ) from None
             if not generated:
-                if not os.access(candidate, os.W_OK | os.X_OK):
+                try:
+                    probe_writable(candidate)
+                except OSError as e:
                     raise GenbenchError(
-                        f"The run directory {candidate} is not writable: make it writable or choose another "
-                        f"with {key}=<dir>."
+                        f"The run directory {candidate} is not writable ({e.strerror or e}): make it writable or "
+                        f"choose another with {key}=<dir>."
                     ) from None
                 return candidate, False
             candidate = path.with_name(f"{path.name}_{n}")
