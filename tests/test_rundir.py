@@ -150,6 +150,21 @@ def _make_immutable(path: Path) -> bool:
     return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
 
 
+def test_multirun_resume_that_fails_on_bad_input_restores_each_job(tmp_path: Path) -> None:
+    """Hydra rewrites a job's .hydra/ before any job callback: the sweep's start records it and the
+    failed job puts it back, so each job's record still describes its checkpoints."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        fake_run(sweep / job)
+    (sweep / "multirun.yaml").write_text("the first multirun\n")
+    before = {job: hashes(sweep / job) for job in ("0", "1")}
+    r = train_cli(
+        "-m", "model=gan", *QUIET, "seed=0,1", "ckpt_path=auto", "data.batch_size=0", f"hydra.sweep.dir={sweep}"
+    )
+    assert r.returncode == 1 and "data.batch_size" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert {job: hashes(sweep / job) for job in ("0", "1")} == before
+
+
 @pytest.mark.parametrize("where", ["proc", "under_a_file", "read_only"])
 def test_unwritable_run_directory_is_one_line(tmp_path: Path, where: str) -> None:
     if where == "proc":

@@ -204,6 +204,7 @@ class RunDirGuard(HydraCallback):
         self.sweep_dir: str | None = None  # the multirun directory (state carried to submitit jobs)
         self.sweep_created = False
         self.sweep_entries: frozenset[str] = frozenset()
+        self.job_snapshots: dict[str, _Start] = {}  # job subdirectory -> what it held before the sweep
 
     def _applies(self, config: DictConfig) -> bool:
         from genbench.distributed import is_rank_zero
@@ -223,16 +224,12 @@ class RunDirGuard(HydraCallback):
             run_dir, created = claim_dir(path, generated=generated, key="hydra.run.dir")
             if generated:
                 _set_dir(config, "hydra.run.dir", run_dir, as_override=False)
-            start = _Start(created=created, log_name=f"{OmegaConf.select(config, 'hydra.job.name')}.log")
+            log_name = f"{OmegaConf.select(config, 'hydra.job.name')}.log"
             if created:
                 _remove_if_empty_at_exit(run_dir)
+                _STARTS[str(run_dir)] = _Start(created=True, log_name=log_name)
             else:
-                start.files = _files(run_dir)
-                start.had_hydra_dir = (run_dir / ".hydra").is_dir()
-                for rel in start.start_files() - {start.log_name}:
-                    if (run_dir / rel).is_file():
-                        start.contents[rel] = (run_dir / rel).read_bytes()
-            _STARTS[str(run_dir)] = start
+                _STARTS[str(run_dir)] = _snapshot(run_dir, log_name)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self._applies(config):
@@ -251,6 +248,14 @@ class RunDirGuard(HydraCallback):
                 _remove_if_empty_at_exit(sweep_dir)
             self.sweep_dir, self.sweep_created = str(sweep_dir), created
             self.sweep_entries = frozenset() if created else frozenset(os.listdir(sweep_dir))
+            # Hydra rewrites each job's .hydra/ before any job callback runs: what a resumed job
+            # directory held is recorded now, so a job that fails on bad input can put it back
+            log_name = f"{OmegaConf.select(config, 'hydra.job.name')}.log"
+            self.job_snapshots = {
+                entry: _snapshot(sweep_dir / entry, log_name)
+                for entry in self.sweep_entries
+                if (sweep_dir / entry / ".hydra").is_dir()
+            }
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A multirun job (its directory is made and .hydra written just before this): remember
@@ -267,6 +272,19 @@ class RunDirGuard(HydraCallback):
                 log_name=f"{OmegaConf.select(config, 'hydra.job.name')}.log",
                 sweep_dir=self.sweep_dir if self.sweep_created else None,
             )
+        elif rel in self.job_snapshots:  # a job resumed into its old directory
+            _STARTS[job_dir] = self.job_snapshots[rel]
+
+
+def _snapshot(run_dir: Path, log_name: str) -> _Start:
+    """What an existing run directory holds before a start writes into it: file sizes and times,
+    and the bytes of the start files (.hydra/*, config_resolved.yaml) that the start rewrites."""
+    start = _Start(created=False, log_name=log_name, files=_files(run_dir))
+    start.had_hydra_dir = (run_dir / ".hydra").is_dir()
+    for rel in start.start_files() - {log_name}:
+        if (run_dir / rel).is_file():
+            start.contents[rel] = (run_dir / rel).read_bytes()
+    return start
 
 
 def _refuse_fresh_start_over_checkpoints(config: DictConfig, run_dirs: list[Path]) -> None:
