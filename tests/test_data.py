@@ -81,3 +81,28 @@ def test_folder_datamodule(tmp_path: Path) -> None:
         FolderDataModule(root=str(tmp_path / "empty")).setup()
     with pytest.raises(GenbenchError, match="does not exist"):
         FolderDataModule(root=str(tmp_path / "missing")).setup()
+
+
+def test_epoch_order_shards_like_distributed_sampler_and_resumes_within_a_shard() -> None:
+    """Under DDP each rank gets every world-th index of the epoch's permutation, padded to equal
+    shares; a resume skips the batches *this rank* trained. Lightning keeps the sampler (it is a
+    DistributedSampler), so the order stays a function of (seed, epoch)."""
+    from torch.utils.data import DistributedSampler
+
+    from genbench.reproducibility import EpochOrder
+
+    data = list(range(10))
+    single = EpochOrder(data, seed=3, batch_size=2)
+    ranks = [EpochOrder(data, seed=3, batch_size=2, num_replicas=3, rank=r) for r in range(3)]
+    assert isinstance(ranks[0], DistributedSampler) and single.num_replicas == 1
+    for epoch in (0, 1):
+        full = single.order(epoch)
+        assert sorted(full) == data and full != single.order(1 - epoch)
+        shares = [r.order(epoch) for r in ranks]
+        assert [len(s) for s in shares] == [4, 4, 4] and all(len(r) == 4 for r in ranks)
+        padded = full + full[:2]
+        assert shares == [padded[r::3] for r in range(3)]
+    ranks[1].set_epoch(1)
+    ranks[1].resume_at(1, 1)  # one batch of 2 done on this rank
+    assert list(ranks[1]) == ranks[1].order(1)[2:]
+    assert list(ranks[1]) == ranks[1].order(1)  # the skip applies to one iteration only

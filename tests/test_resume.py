@@ -126,3 +126,18 @@ def test_sigterm_during_sampling_stops_within_a_sampler_step(tmp_path: Path) -> 
     assert not list((run / "samples").glob("epoch000_*.png"))  # the grid was abandoned, not finished
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["genbench_resume"]["epoch"] == 1 and saved["genbench_resume"]["batches_done"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    """Two gloo ranks: each rank's share of the epoch is restarted mid-epoch (EpochOrder, not
+    Lightning's DistributedSampler), so the DDP resume is bit-exact too."""
+    ddp = ("trainer=ddp_cpu", "trainer.limit_train_batches=3")  # 3 batches per rank and epoch
+    reference = tmp_path / "reference"
+    assert train(reference, "vae", *ddp).returncode == 0
+    run = tmp_path / "run"
+    assert train(run, "vae", *ddp, stop_at(4, "SIGTERM")).returncode == 143  # saved after batch 4
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["genbench_resume"]["epoch"] == 1 and saved["genbench_resume"]["batches_done"] == 2
+    assert train(run, "vae", *ddp, "ckpt_path=auto").returncode == 0
+    assert_same_run(run, reference)

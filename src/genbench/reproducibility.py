@@ -18,6 +18,7 @@ Nothing here knows about Lightning, Hydra or the families: ``nets/``, ``diffusio
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DistributedSampler
 
 
 def randn(
@@ -83,34 +84,46 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class EpochOrder(RandomSampler):
+class EpochOrder(DistributedSampler):
     """The training order: a permutation that is a pure function of (seed, epoch), which can
-    start part-way through an epoch.
+    start part-way through an epoch, on one process or sharded over DDP ranks.
 
     A plain shuffled DataLoader draws its order from the global RNG when its iterator is created,
     so a run resumed mid-epoch sees other batches than the uninterrupted run did. Here epoch ``e``
     is always ``randperm(n)`` of a generator seeded with (seed, e), and :meth:`resume_at` skips
-    the batches a checkpoint already trained. Lightning calls :meth:`set_epoch` before each epoch
-    (and, being a ``RandomSampler``, it is recognised as shuffled: under DDP Lightning swaps in
-    its ``DistributedSampler``, whose order is also a function of (seed, epoch))."""
+    the batches a checkpoint already trained. Lightning calls :meth:`set_epoch` before each epoch.
 
-    def __init__(self, data_source: Sized, seed: int, batch_size: int) -> None:
-        super().__init__(data_source)
-        self.seed = int(seed)
+    Under DDP each rank takes every ``num_replicas``-th index of that permutation (padded to equal
+    shares as ``DistributedSampler`` does). Being a ``DistributedSampler`` itself, Lightning leaves
+    it in place instead of swapping in its own sampler, which could not restart mid-epoch: so a
+    DDP run resumes bit-exactly too, each rank skipping the batches it already trained."""
+
+    def __init__(self, data_source: Sized, seed: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(
+            data_source,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=int(seed),
+            drop_last=False,
+        )
+        self.data_source = data_source
         self.batch_size = int(batch_size)
-        self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def resume_at(self, epoch: int, batches_done: int) -> None:
-        """The next iteration of ``epoch`` starts after its first ``batches_done`` batches."""
+        """The next iteration of ``epoch`` starts after this rank's first ``batches_done`` batches."""
         self._resume = (int(epoch), int(batches_done))
 
     def order(self, epoch: int) -> list[int]:
+        """This rank's indices of ``epoch``, in training order."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-        return torch.randperm(len(self.data_source), generator=g).tolist()
+        indices = torch.randperm(len(self.data_source), generator=g).tolist()
+        if self.num_replicas == 1:
+            return indices
+        padding = self.total_size - len(indices)  # equal shares: repeat the start, as DistributedSampler
+        indices += (indices * math.ceil(padding / len(indices)))[:padding]
+        return indices[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         skip = 0
@@ -120,4 +133,4 @@ class EpochOrder(RandomSampler):
         yield from self.order(self.epoch)[skip:]
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return self.num_samples

@@ -172,9 +172,15 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def train_order(self) -> EpochOrder:
-        """The training split's order, shared by every train loader of this datamodule."""
-        if self._train_order is None:
-            self._train_order = EpochOrder(self.dataset("train"), self.shuffle_seed, self.batch_size)
+        """The training split's order, shared by every train loader of this datamodule; sharded
+        over the DDP ranks once the process group exists (Lightning asks for loaders after that)."""
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        if self._train_order is None or self._train_order.num_replicas != world:
+            self._train_order = EpochOrder(
+                self.dataset("train"), self.shuffle_seed, self.batch_size, num_replicas=world, rank=rank
+            )
         if self._resume_at is not None:
             self._train_order.resume_at(*self._resume_at)
             self._resume_at = None
