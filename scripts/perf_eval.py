@@ -1,10 +1,14 @@
 """Measure what evaluation costs on this machine, and the real-vs-real FID floor.
 
 .venv/bin/python scripts/perf_eval.py                       # Fashion-MNIST, in-domain extractor
+.venv/bin/python scripts/perf_eval.py --only-eval           # just cold vs cached evaluation
 .venv/bin/python scripts/perf_eval.py --data synthetic --quick
 
 Reports: feature-extraction images/s (the extractor alone, and through torch-fidelity), seconds
-per evaluation cold (real features computed) and cached, sampling images/s per family (GAN, VAE,
+per evaluation cold (an empty cache: real and training features, FID statistics, k-NN radii,
+class histogram and held-out nearest-neighbour distances computed) and cached (all of it read
+back), interleaved over ``--rounds`` rounds with the load average, for the full default metric set
+(FID/KID/IS/precision-recall + coverage + memorisation) and for the torch-fidelity metrics alone; sampling images/s per family (GAN, VAE,
 DDPM ancestral and DDIM at several step counts; untrained networks of the configured size -- the
 cost does not depend on the weights), and FID/KID/precision/recall between two disjoint halves of
 the real test split (the floor a perfect model would reach at that sample count).
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +55,8 @@ def main() -> None:
     ap.add_argument("--ddim-steps", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--ancestral-images", type=int, default=4, help="1000 network calls per batch: keep it tiny")
     ap.add_argument("--skip-ancestral", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved cold/cached evaluation rounds")
+    ap.add_argument("--only-eval", action="store_true", help="only the cold vs cached evaluation timings")
     ap.add_argument("--quick", action="store_true", help="smaller numbers everywhere (a smoke run)")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "outputs" / "perf" / "perf_eval.json"))
     args = ap.parse_args()
@@ -82,21 +90,56 @@ def main() -> None:
     results["feature_extraction_images_per_s"] = round(len(real) / t, 1)
     print(f"feature extraction: {len(real) / t:,.0f} images/s ({len(real)} images, batch 256)")
 
-    # --- evaluation cold and cached ------------------------------------------------------------
-    generated = datamodule.real_images("train")[: args.num_generated]  # any uint8 set of that size
-    with tempfile.TemporaryDirectory() as tmp:
-        ev = Evaluator(real, evaluator.spec, mcfg, cache_dir=tmp, dataset=datamodule.name, split="test")
-        ev.real_key  # noqa: B018  (hash the real images outside the timings)
-        cold, t_cold = timed(lambda: ev.evaluate(generated))
-        _, t_cached = timed(lambda: ev.evaluate(generated))
-    results["evaluation"] = {
-        "num_generated": len(generated),
-        "num_real": len(real),
-        "cold_seconds": round(t_cold, 2),
-        "cached_seconds": round(t_cached, 2),
-        "torch_fidelity_images_per_s_cold": round((len(generated) + len(real)) / t_cold, 1),
+    # --- evaluation cold and cached, interleaved ---------------------------------------------------
+    generated = datamodule.real_images("train")[-args.num_generated :]  # any uint8 set of that size
+    train = datamodule.real_images("train")[:10_000]  # memorisation's default training subset
+    evaluation: dict = {"num_generated": len(generated), "num_real": len(real), "num_train": len(train)}
+    variants = {
+        "all_metrics": ({**mcfg}, train),  # FID/KID/IS/PRC + coverage + memorisation (the default)
+        "fidelity_only": ({**mcfg, "coverage": {"enabled": False}, "memorisation": {"enabled": False}}, None),
     }
-    print(f"evaluation n={len(generated)} vs {len(real)} real: cold {t_cold:.2f} s, cached {t_cached:.2f} s")
+    times: dict[str, dict[str, list[float]]] = {v: {"cold": [], "cached": []} for v in variants}
+    loads = []
+    for r in range(args.rounds):
+        for name, (vcfg, vtrain) in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                ev = Evaluator(
+                    real,
+                    evaluator.spec,
+                    vcfg,
+                    cache_dir=tmp,
+                    dataset=datamodule.name,
+                    split="test",
+                    train_images=vtrain,
+                )
+                ev.real_key, ev.train_key  # noqa: B018  (hash the real images outside the timings)
+                cold, t_cold = timed(lambda ev=ev: ev.evaluate(generated))
+                cached, t_cached = timed(lambda ev=ev: ev.evaluate(generated))
+            same = {k: v for k, v in cold.items() if k != "eval_seconds"} == {
+                k: v for k, v in cached.items() if k != "eval_seconds"
+            }
+            times[name]["cold"].append(t_cold)
+            times[name]["cached"].append(t_cached)
+            loads.append(os.getloadavg()[0])
+            print(f"round {r + 1} {name}: cold {t_cold:.2f} s, cached {t_cached:.2f} s, identical results: {same}")
+    for name, t in times.items():
+        cold_s, cached_s = statistics.median(t["cold"]), statistics.median(t["cached"])
+        evaluation[name] = {
+            "cold_seconds": [round(x, 3) for x in t["cold"]],
+            "cached_seconds": [round(x, 3) for x in t["cached"]],
+            "median_ratio": round(cold_s / cached_s, 2),
+        }
+        print(
+            f"evaluation {name}, n={len(generated)} vs {len(real)} real: cold {cold_s:.2f} s, cached {cached_s:.2f} s "
+            f"(medians of {args.rounds}): {cold_s / cached_s:.1f}x"
+        )
+    evaluation["load_avg_1min"] = [round(x, 2) for x in loads]
+    evaluation["cpu_count"] = os.cpu_count()
+    print(f"1-minute load average during the rounds: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    results["evaluation"] = evaluation
+    if args.only_eval:
+        write(results, args.out)
+        return
 
     # --- real-vs-real floor --------------------------------------------------------------------
     half = len(real) // 2
@@ -127,7 +170,11 @@ def main() -> None:
         print(f"sampling ddpm ancestral {ddpm.schedule.timesteps} steps: {n / t:.4f} images/s (batch {n})")
     results["sampling_images_per_s"] = sampling
 
-    out = Path(args.out)
+    write(results, args.out)
+
+
+def write(results: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"-> {out}")

@@ -52,6 +52,28 @@ def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:
     assert html.count("data:image/png;base64,") >= 5  # self-contained: images embedded
     assert 'src="http' not in html
     assert "git_commit" in html and "torch" in html and "Budget" in html
+    # the protocol comes first: extractor and its accuracy, sample count, seeds, sampler, budget, machine
+    protocol = html[html.index("<h2>Protocol</h2>") : html.index("<h2>Leaderboard</h2>")]
+    for label in (
+        "Extractor",
+        "Samples per evaluation",
+        "Real split",
+        "Seeds",
+        "Sampler",
+        "Training budget",
+        "Machine",
+    ):
+        assert f"<td>{label}</td>" in protocol, label
+    assert "test accuracy" in protocol and "images: 320 training images" in protocol
+    assert "<h2>Models</h2>" in html and "DCGANGenerator(" in html  # per-family architecture summary
+    # sample grids enlarged to a readable cell (32-px cells drawn 2x, nearest neighbour)
+    from PIL import Image
+
+    grid = Image.open(out / "runs" / "gan" / "0" / "samples" / "final.png")
+    assert Image.open(out / "grids" / "gan_samples.png").size == (2 * grid.width, 2 * grid.height)
+    # and the other grids the runs hold: real images, the VAE's reconstructions, interpolations, closest pairs
+    for name in ("real", "vae_recon", "gan_interp", "vae_interp", "ddpm_interp", "ddpm_pairs"):
+        assert (out / "grids" / f"{name}.png").is_file(), name
     rows = json.loads((out / "leaderboard.json").read_text())
     assert [r["family"] for r in rows] == ["gan", "vae", "ddpm", "real vs real (floor)"]
     assert all(r["status"] == "ok" for r in rows[:3])

@@ -34,6 +34,9 @@ def test_missing_dataset_is_one_clear_error(cli, tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "mnist not found" in r.stderr and "data.download=true" in r.stderr
     assert "Traceback" not in r.stderr
+    # found only when the data is prepared, yet reported once and before the config tree (print_config=true)
+    assert (r.stdout + r.stderr).count("mnist not found") == 1
+    assert "CONFIG" not in r.stdout
 
 
 def test_corrupt_checkpoint_via_cli(cli, tmp_path: Path) -> None:
@@ -88,7 +91,7 @@ def test_ddp_inside_multirun(cli, tmp_path: Path) -> None:
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job in _job_dirs(sweep):
         assert sorted(p.name for p in (job / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
-        assert len(list(job.glob("*.log"))) == 1  # one log: the rank-1 child writes none
+        assert len(list(job.glob("*.log"))) == 1, sorted(p.name for p in job.glob("*.log"))  # rank 1 writes none
         assert sorted(p.name for p in (job / "checkpoints").iterdir())[-1] == "last.ckpt"
         assert len(list((job / "checkpoints").iterdir())) == 2  # last + best, nothing from rank 1
         assert len(list(job.rglob("metrics.csv"))) == 1
@@ -121,6 +124,7 @@ def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) ->
         "callbacks.evaluation.metrics.kid_subsets=5",
         "+callbacks.evaluation.metrics.extractor_training={epochs: 1, feature_dim: 16, width: 8}",
         "callbacks.evaluation.sampler.steps=3",
+        "+callbacks.evaluation.metrics.likelihood={num_images: 16, iwae_k: 4, timesteps: 4, batch_size: 16}",
         f"paths.cache_dir={tmp_path}/cache",
         f"hydra.sweep.dir={tmp_path}/sweep",
     )
@@ -133,4 +137,5 @@ def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) ->
         assert len(set(sync["rank_parameter_checksums"])) == 1
         final = json.loads((job / "eval" / "final.json").read_text())
         assert final["num_samples"] == 101 and final["fid"] > 0
+        assert final["likelihood_images"] == 16 and final["bpd"] > 0  # computed on rank 0, broadcast
         assert len(list(job.rglob("final.json"))) == 1  # written by rank 0 only

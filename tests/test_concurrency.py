@@ -49,9 +49,10 @@ def test_two_concurrent_evaluations_share_one_cache(tmp_path: Path) -> None:
     logs = "".join(err for _, err in outs)
     assert logs.count("Training the in-domain extractor") == 1  # trained once...
     assert "Waiting for the in-domain extractor of synthetic: process" in logs  # ...the other said it waited
-    # the real test split (256 images) went through the extractor in one process only; the other
-    # scored its 128 generated images against the cached real features
-    assert sorted(seen) == [128, 128 + 256]
+    # the real test split (256 images) and the training subset of the memorisation measure (469
+    # images) went through the extractor in one process only; the other scored its 128 generated
+    # images against the cached real features
+    assert sorted(seen) == [128, 128 + 256 + 469]
     assert len(list((tmp_path / "extractors").glob("synthetic_32px_1ch-*/extractor.pt"))) == 1
 
 

@@ -58,6 +58,8 @@ DEBUG_SETTINGS = {
         "trainer.limit_val_batches": 2,
         "trainer.log_every_n_steps": 1,
         "callbacks.sample_grid.num_samples": 16,
+        "callbacks.sample_grid.interpolation_rows": 2,
+        "callbacks.sample_grid.sample_kwargs.sampler.steps": 4,
         "model.sample_batch_size": 16,
     },
     "fdr": {"trainer.fast_dev_run": True},

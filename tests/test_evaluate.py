@@ -27,6 +27,8 @@ TINY_METRICS = [
     "metrics.extractor_training.feature_dim=16",
     "metrics.extractor_training.batch_size=64",
     "metrics.extractor_training.min_steps=60",
+    "metrics.likelihood.num_images=32",
+    "metrics.likelihood.iwae_k=4",
 ]
 
 
@@ -87,8 +89,20 @@ def test_genbench_eval_writes_metrics_json_beside_the_checkpoint_and_keeps_histo
     latest = data["latest"]
     assert latest["family"] == "vae" and latest["num_samples"] == 64 and latest["ckpt"] == "last.ckpt"
     assert latest["extractor"] == "in-domain:synthetic_32px_1ch"
-    for key in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall"):
+    for key in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "class_kl", "memorised_frac"):
         assert np.isfinite(latest[key]), key
+    # the fields of the training callback's records, so the report can merge both paths
+    assert latest["source"] == "genbench-eval" and latest["step"] == latest["global_step"] > 0
+    assert isinstance(latest["epoch"], int) and "evaluated_at" in latest
+    assert latest["num_classes"] == len(latest["class_hist"]) == len(latest["real_class_hist"])
+    # the picture of the closest pairs beside metrics.json, its path relative to the run directory
+    assert latest["closest_pairs"] == "checkpoints/closest_pairs-last-n64.png"
+    assert (run.root / "run" / latest["closest_pairs"]).is_file()
+    # the likelihood is always stated; with a discretised decoder it is a number on 32 test images
+    if latest["likelihood"].startswith("none"):
+        assert "bpd" not in latest
+    else:
+        assert np.isfinite(latest["bpd"]) and latest["likelihood_images"] == 32 and latest["iwae_k"] == 4
     # one extractor, in the slot named by dataset, geometry and the hash of how it was trained
     assert len(list((Path(run.env["GENBENCH_CACHE"]) / "extractors").glob("synthetic_32px_1ch-*/extractor.json"))) == 1
 

@@ -17,9 +17,12 @@ import torch
 from genbench import GenbenchError
 from genbench.data import SyntheticDataModule
 from genbench.metrics import (
+    RESULT_NAMES,
     Evaluator,
     InDomainExtractor,
     MetricsConfig,
+    UInt8ImageDataset,
+    check_images,
     compute_metrics,
     ensure_in_domain_extractor,
     in_domain_spec,
@@ -192,6 +195,35 @@ def test_frechet_distance_of_1d_gaussians_is_analytic():
 # --- the real-statistics cache ------------------------------------------------------------------
 
 
+def test_metrics_are_identical_to_torch_fidelity_calculate_metrics(synth):
+    # genbench drives torch-fidelity's metric functions itself (to cache the real side's radii);
+    # the numbers must be exactly those of its one-call API
+    import torch_fidelity
+
+    gen, real = noisy(synth.real[:200], 0.2), synth.real[256:]
+    ours = compute_metrics(gen, real, synth.spec, {**FAST, "batch_size": 64})
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8ImageDataset(check_images(gen, "g")),
+        input2=UInt8ImageDataset(real),
+        fid=True,
+        kid=True,
+        isc=True,
+        prc=True,
+        kid_subsets=FAST["kid_subsets"],
+        kid_subset_size=200,
+        isc_splits=FAST["isc_splits"],
+        batch_size=64,
+        cuda=False,
+        save_cpu_ram=True,
+        verbose=False,
+        **synth.spec.torch_fidelity_kwargs(),
+    )
+    for theirs_key, ours_key in RESULT_NAMES.items():
+        # KID: the same subsets, cubes summed in float64 here vs float32 there
+        rel, abs_ = (1e-4, 1e-7) if ours_key.startswith("kid") else (1e-12, 1e-15)
+        assert ours[ours_key] == pytest.approx(theirs[theirs_key], rel=rel, abs=abs_), ours_key
+
+
 def test_second_evaluation_does_not_recompute_real_statistics(synth, tmp_path):
     ev = Evaluator(synth.real[256:], synth.spec, FAST, cache_dir=tmp_path, dataset="synthetic", split="test")
     gen = noisy(synth.real[:256], 0.1)
@@ -203,8 +235,25 @@ def test_second_evaluation_does_not_recompute_real_statistics(synth, tmp_path):
         synth.real[256:], synth.spec, FAST, cache_dir=tmp_path, dataset="synthetic", split="test"
     ).evaluate(gen)
     assert InDomainExtractor.images_seen - before == 256  # generated only: real features came from the cache
-    for k in ("fid", "kid_mean", "is_mean", "precision", "recall"):
-        assert second[k] == pytest.approx(first[k], rel=1e-9)
+    # cached and cold give identical metrics, every one of them
+    skip = {"eval_seconds"}
+    assert {k: v for k, v in second.items() if k not in skip} == {k: v for k, v in first.items() if k not in skip}
+    # one verified file per item, named by the real set's key and the extractor
+    cache = RealFeatureCache(tmp_path / "fidelity", ev.real_key)
+    items = {f.name.removeprefix(f"{ev.real_key}-genbench-in-domain-").removesuffix(".pt") for f in cache.files()}
+    assert items == {
+        "features-features",
+        "features-logits",
+        "stat-fid-features",
+        "prc-radii-k3-features",
+        "class-counts",
+        "kid-real-sums-n256-m256-s10-seed2020-features",  # KID's real-only kernel sums, per subset
+    }
+    assert cache.is_complete([f.name for f in cache.files()])
+    radii = torch.load(cache.path("genbench-in-domain-prc-radii-k3-features"), weights_only=True)
+    real_features = features_of(synth.path, synth.real[256:])[0].double()
+    d = torch.cdist(real_features, real_features)
+    assert torch.allclose(radii.double(), d.sort(dim=1).values[:, 3], atol=1e-4)  # k=3: index 0 is the point itself
 
 
 def test_cache_key_changes_with_images_split_and_weights(synth, tmp_path):
@@ -235,25 +284,82 @@ def test_corrupt_cache_file_is_detected_and_recomputed(synth, tmp_path):
     first = make().evaluate(gen)
     cache = RealFeatureCache(tmp_path / "fidelity", make().real_key)
     files = cache.files()
-    assert len(files) == 3  # features, logits, FID statistics
-    for kind in ("features-features", "stat-fid"):
+    assert len(files) == 6  # features, logits, FID statistics, k-NN radii, class counts, KID real sums
+    for kind in ("features-features", "stat-fid", "prc-radii"):
         victim = next(f for f in files if kind in f.name)
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped byte: torch.load might still succeed, so hashes must catch it
         victim.write_bytes(bytes(data))
         before = InDomainExtractor.images_seen
         second = make().evaluate(gen)
-        # a corrupt features file: the real images go through the extractor again; a corrupt
-        # statistics file is recomputed from the (verified) cached features
+        # a corrupt features file: the real images go through the extractor again; corrupt
+        # statistics or radii are recomputed from the (verified) cached features
         assert InDomainExtractor.images_seen - before == 128 + (256 if kind.startswith("features") else 0)
         assert victim.read_bytes() != bytes(data)  # rewritten
-        assert second["fid"] == pytest.approx(first["fid"], rel=1e-9)
+        for key in ("fid", "kid_mean", "precision", "recall", "class_kl"):
+            assert second[key] == pytest.approx(first[key], rel=1e-9), (kind, key)
         assert cache.is_complete([f.name for f in cache.files()])
     # garbage in place of the manifest: nothing is trusted, everything recomputed
     cache.manifest_path.write_text("{not json")
     before = InDomainExtractor.images_seen
     assert make().evaluate(gen)["fid"] == pytest.approx(first["fid"], rel=1e-9)
     assert InDomainExtractor.images_seen - before == 128 + 256
+
+
+# --- mode coverage and memorisation ------------------------------------------------------------
+
+
+def test_coverage_counts_the_classifiers_predictions_and_sees_a_collapse(synth, tmp_path):
+    real = synth.real[256:]
+    ev = Evaluator(real, synth.spec, FAST, cache_dir=tmp_path, dataset="synthetic", split="test")
+    real_pred = features_of(synth.path, real)[1].argmax(1)
+    pool = synth.real[:256]
+    pool_pred = features_of(synth.path, pool)[1].argmax(1)
+    k = int(max(real_pred.max(), pool_pred.max())) + 1
+    diverse = ev.evaluate(pool)
+    collapsed = ev.evaluate(pool[pool_pred == 0])  # a "model" that only draws class 0
+    real_hist = np.bincount(real_pred.numpy(), minlength=k) / len(real)
+    assert diverse["real_class_hist"] == pytest.approx(real_hist.tolist(), abs=1e-12)
+    assert diverse["class_hist"] == pytest.approx((np.bincount(pool_pred.numpy(), minlength=k) / 256).tolist())
+    assert collapsed["class_hist"][0] == 1.0 and collapsed["classes_covered"] == 1
+    assert diverse["classes_covered"] == diverse["num_classes"] == k
+    # KL(real || generated) with 0.5 pseudo-counts, by hand
+    p = np.bincount(real_pred.numpy(), minlength=k) + 0.5
+    q = np.bincount(np.zeros(int((pool_pred == 0).sum()), dtype=int), minlength=k) + 0.5
+    p, q = p / p.sum(), q / q.sum()
+    assert collapsed["class_kl"] == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-9)
+    assert collapsed["class_kl"] > 10 * diverse["class_kl"]
+
+
+def test_memorisation_flags_copies_of_training_images_and_not_held_out_ones(synth, tmp_path):
+    train = synth.dm.real_images("train")[:300]
+    real = synth.real[256:]
+
+    def make() -> Evaluator:
+        return Evaluator(
+            real, synth.spec, FAST, cache_dir=tmp_path, dataset="synthetic", split="test", train_images=train
+        )
+
+    copies = make().evaluate(train[:128], pairs_path=tmp_path / "pairs.png")
+    heldout = make().evaluate(synth.real[:128])  # test images: never trained on
+    assert copies["memorised_frac"] >= 0.99 and copies["nn_train_median"] < 1e-3
+    assert heldout["memorised_frac"] <= 0.05
+    assert (tmp_path / "pairs.png").is_file() and copies["closest_pairs"] == str(tmp_path / "pairs.png")
+    # the medians, brute force from the extractor's features
+    f_train = features_of(synth.path, train)[0].double().numpy()
+    f_gen = features_of(synth.path, synth.real[:128])[0].double().numpy()
+    f_real = features_of(synth.path, real)[0].double().numpy()
+    import scipy.spatial.distance
+
+    nn_gen = scipy.spatial.distance.cdist(f_gen, f_train).min(1)
+    nn_real = scipy.spatial.distance.cdist(f_real, f_train).min(1)
+    assert heldout["nn_train_median"] == pytest.approx(float(np.median(nn_gen)), rel=1e-3)  # float32 batches
+    assert heldout["nn_heldout_median"] == pytest.approx(float(np.median(nn_real)), rel=1e-3)
+    assert heldout["memorised_frac"] == pytest.approx(float((nn_gen < nn_real.min()).mean()), abs=1e-9)
+    # the training subset's features are cached too: a third evaluation extracts the generated images only
+    before = InDomainExtractor.images_seen
+    make().evaluate(synth.real[:128])
+    assert InDomainExtractor.images_seen - before == 128
 
 
 # --- InceptionV3 ---------------------------------------------------------------------------------
@@ -301,6 +407,8 @@ def test_inception_plumbing_with_a_local_weights_file(inception_weights, synth, 
     isc_only = {"fid": False, "kid": False, "prc": False, "isc_splits": 2, "cache": False}
     got = compute_metrics(synth.real[:4], synth.real[4:8], spec, isc_only)
     assert math.isfinite(got["is_mean"]) and got["is_mean"] >= 1.0
+    # ImageNet logits say nothing about the dataset's classes: no coverage keys, the reason logged once
+    assert "classes_covered" not in got and "class_kl" not in got
     # 10 samples cannot give a 2048-d covariance: refused before any work
     with pytest.raises(GenbenchError, match="more samples than feature dimensions"):
         compute_metrics(synth.real[:10], synth.real[10:20], spec, {"cache": False})

@@ -33,8 +33,18 @@ def extractor(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(path=path, cache=cache)
 
 
+#: a few test images and Monte-Carlo samples: the likelihood's wiring, not its precision
+SMALL_LIKELIHOOD = {"num_images": 32, "iwae_k": 4, "timesteps": 3, "batch_size": 32}
+
+
 def make_callback(extractor: SimpleNamespace, out: Path, **kwargs) -> EvaluationCallback:
-    metrics = {"extractor": "in-domain", "extractor_path": str(extractor.path), "kid_subsets": 5, "isc_splits": 2}
+    metrics = {
+        "extractor": "in-domain",
+        "extractor_path": str(extractor.path),
+        "kid_subsets": 5,
+        "isc_splits": 2,
+        "likelihood": SMALL_LIKELIHOOD,
+    }
     return EvaluationCallback(
         num_samples=kwargs.pop("num_samples", 64),
         metrics=metrics,
@@ -67,14 +77,23 @@ def fit(cfg, callbacks: list, out: Path, epochs: int = 2) -> tuple[pl.Trainer, p
 def test_callback_logs_every_metric_and_checkpoint_can_monitor_fid(train_cfg, tmp_path):
     # no extractor yet: the first evaluation (inside Lightning's validation loop) trains it
     training = {"epochs": 3, "batch_size": 64, "feature_dim": 16, "width": 8, "lr": 5e-3, "min_steps": 0}
-    metrics = {"extractor": "in-domain", "kid_subsets": 5, "isc_splits": 2, "extractor_training": training}
+    metrics = {
+        "extractor": "in-domain",
+        "kid_subsets": 5,
+        "isc_splits": 2,
+        "extractor_training": training,
+        "likelihood": SMALL_LIKELIHOOD,
+    }
     cb = EvaluationCallback(
         num_samples=64, metrics=metrics, cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path)
     )
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="eval/fid", mode="min", save_top_k=1)
-    trainer, _ = fit(train_cfg("model=vae"), [cb, ckpt], tmp_path)
+    # a VAE whose decoder is a distribution over the 256 levels: it has a likelihood in bits/dim
+    trainer, _ = fit(train_cfg("model=vae", "model.likelihood=discretized_logistic"), [cb, ckpt], tmp_path)
 
-    for name in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "num_samples"):
+    scalars = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "num_samples")
+    coverage = ("classes_covered", "num_classes", "class_kl", "nn_train_median", "nn_heldout_median", "memorised_frac")
+    for name in (*scalars, *coverage, "bpd", "bpd_elbo", "bpd_iwae", "iwae_k", "likelihood_images"):
         assert f"eval/{name}" in trainer.callback_metrics, name
     assert float(trainer.callback_metrics["eval/num_samples"]) == 64
     assert ckpt.best_model_score is not None and torch.isfinite(ckpt.best_model_score)
@@ -88,12 +107,22 @@ def test_callback_logs_every_metric_and_checkpoint_can_monitor_fid(train_cfg, tm
     # and to the run directory, with the extractor and sample count
     lines = (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
-    record = json.loads(lines[-1])
+    first, record = json.loads(lines[0]), json.loads(lines[-1])
     assert record["extractor"] == "in-domain:synthetic_32px_1ch" and record["num_samples"] == 64
+    assert record["source"] == "callback" and record["step"] == trainer.global_step and "evaluated_at" in record
+    for key in (*coverage, "class_hist", "real_class_hist", "closest_pairs"):
+        assert key in first and key in record, key
+    assert len(record["class_hist"]) == record["num_classes"] and sum(record["class_hist"]) == pytest.approx(1)
+    # the likelihood only at the final evaluation (metrics.likelihood.when=final), added to its record
+    assert "bpd" not in first and record["likelihood_images"] == 32 and record["iwae_k"] == 4
+    assert "logistic" in record["likelihood"]
+    assert record["bpd_iwae"] <= record["bpd_elbo"] + 1e-9 and record["bpd"] == record["bpd_iwae"]
+    assert (tmp_path / record["closest_pairs"]).is_file() and record["closest_pairs"].startswith("eval/closest_pairs/")
     final = json.loads((tmp_path / "eval" / "final.json").read_text())
     assert final["step"] == trainer.global_step and final["fid"] == pytest.approx(
         float(trainer.callback_metrics["eval/fid"])
     )
+    assert final["bpd"] == record["bpd"] == pytest.approx(float(trainer.callback_metrics["eval/bpd"]))
 
 
 def test_callback_leaves_rng_streams_and_train_mode_untouched(train_cfg, extractor, tmp_path):

@@ -142,3 +142,25 @@ def test_wheel_installed_in_a_fresh_venv_trains_from_an_empty_directory(tmp_path
     assert {"path": str(config_dir), "schema": "file", "provider": "main"} in [dict(s) for s in sources]
     assert not (PROJECT_ROOT / "outputs" / "train" / "runs" / run_dir.name).exists()
     assert sorted(p.name for p in work.iterdir()) == ["outputs"]
+
+    # 5. Evaluate that checkpoint and compare the run, still from the empty directory: the number
+    # genbench-eval wrote is the one genbench-compare shows (one results path).
+    tiny_metrics = [
+        "metrics.num_samples=64",
+        "metrics.kid_subsets=5",
+        "metrics.kid_subset_size=32",
+        "metrics.isc_splits=2",
+        "metrics.memorisation.enabled=false",
+        "metrics.likelihood.num_images=16",
+        "metrics.likelihood.iwae_k=4",
+        "+metrics.extractor_training={epochs: 1, width: 8, feature_dim: 16, min_steps: 20}",
+    ]
+    r = _run([fresh / "bin" / "genbench-eval", f"ckpt_path={ckpt}", *tiny_metrics], work, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    latest = json.loads((ckpt.parent / "metrics.json").read_text())["latest"]
+    assert latest["source"] == "genbench-eval" and latest["fid"] > 0
+    r = _run([fresh / "bin" / "genbench-compare", str(run_dir), "--out", str(work / "report")], work, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (work / "report" / "report.html").is_file()
+    assert f"{latest['fid']:.1f}" in (work / "report" / "leaderboard.md").read_text()
+    assert sorted(p.name for p in work.iterdir()) == ["outputs", "report"]

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import compose_train
-from genbench import CONFIG_DIR
+from genbench import CONFIG_DIR, PROJECT_ROOT
+from genbench.benchmark import training_command
 from genbench.models import read_checkpoint
 from genbench.train import train
 
@@ -114,12 +116,15 @@ def _check_benchmark_run(preset: str, run: Path, images: int, samplers: set[str]
     budget = json.loads((run / "budget.json").read_text())
     assert budget["max_images"] == images and budget["images_seen"] == images  # the budget stopped it
     assert budget["budget_fraction"] == 1.0
+    # what the machine gave the run (#12.6): CPU time, load while training, its cores
+    assert budget["cpu_seconds"] > 0 and budget["load_avg"] >= 0 and budget["cpu_count"] >= 1
     final = json.loads((run / "eval" / "final.json").read_text())
     assert final["num_samples"] == 64 and math.isfinite(final["fid"]) and final["fid"] >= 0
     assert final["extractor"].startswith("in-domain:")
     history = [json.loads(line) for line in (run / "eval" / "metrics.jsonl").read_text().splitlines()]
     fractions = [h["budget_fraction"] for h in history]
     assert len(history) >= 2 and fractions == sorted(fractions) and fractions[-1] == 1.0, fractions
+    assert all(h["cpu_seconds"] > 0 and "load_avg" in h for h in history)  # each evaluation records them
     sampling = {s["sampler"]: s for s in json.loads((run / "sampling.json").read_text())}
     assert set(sampling) == samplers, (family, set(sampling))
     assert all(s["num_images"] == 8 and s["images_per_second"] > 0 for s in sampling.values())
@@ -161,3 +166,23 @@ def test_fashion_mnist_preset_runs(preset: str, preset_cache: Path, tmp_path: Pa
     else:
         assert metrics["global_step"] == 6  # debug=fast's max_steps (the GAN: 3 batches x 2 optimisers)
         assert (run / "samples" / "final.png").is_file()
+
+
+def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Path) -> None:
+    """budget=cpu_images: the cpu experiments with an image count per family instead of 120 s; each
+    count is a whole number of batches, so the budget stops at exactly that many images."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        bench = compose(config_name="benchmark", overrides=["budget=cpu_images"])
+    expected = {"gan": 43776, "vae": 212608, "ddpm": 29952}
+    assert set(bench.budget.family_overrides) == set(expected) and bench.budget.experiment == "benchmark/cpu"
+    for family, images in expected.items():
+        cmd = training_command(bench, family, tmp_path)
+        args = cmd[cmd.index("genbench.train") + 1 :]
+        overrides = [a for a in args if a != "-m" and not a.startswith(("hydra.", "seed="))]
+        cfg = compose_train(overrides, tmp_path)
+        assert cfg.callbacks.budget.max_images == images and cfg.callbacks.budget.max_train_seconds is None
+        assert images % cfg.data.batch_size == 0, (family, images, cfg.data.batch_size)
+        assert list(cfg.callbacks.budget.eval_at) == [0.25, 0.5, 1.0]  # the cpu protocol otherwise
+    # the README says make demo uses the time budget (bounded duration) and names the alternative
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    assert "BUDGET ?= cpu\n" in makefile and "genbench-benchmark budget=$(BUDGET)" in makefile

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from genbench import CONFIG_DIR
 from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
 from genbench.loggers import wandb_mode
-from genbench.report.build import write_report
+from genbench.report.build import hints_text, write_report
 from genbench.report.collect import find_runs
 from genbench.report.floor import real_floor
-from genbench.rundir import write_failure
+from genbench.rundir import FAILED, METRICS, write_failure
+from genbench.summary import print_summary, setup_run_logging
 
 log = logging.getLogger("genbench.benchmark")
 
@@ -52,12 +54,16 @@ def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]
         f"hydra.sweep.dir={sweep_dir}",
         "print_config=false",
         "fail_soft=true",
+        f"tags=[benchmark,budget-{cfg.budget.name}]",
     ]
     if cfg.launcher:
         cmd.append(f"hydra/launcher={cfg.launcher}")
     if cfg.wandb:
         cmd += ["logger=[csv,wandb]", f"logger.wandb.group={sweep_dir.parent.parent.name}"]
-    cmd += list(cfg.budget.get("train_overrides") or []) + list(cfg.train_overrides or [])
+    cmd += list(cfg.budget.get("train_overrides") or []) + list(
+        (cfg.budget.get("family_overrides") or {}).get(family) or []
+    )
+    cmd += list(cfg.train_overrides or [])
     cmd += list((cfg.family_overrides or {}).get(family) or [])
     return cmd
 
@@ -71,22 +77,42 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, int]:
     # directory) resolve as the benchmark's did, wherever genbench is installed.
     root = Path(cfg.paths.root_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for family in cfg.families:
+    started = time.perf_counter()
+    n = len(cfg.families)
+    for i, family in enumerate(cfg.families, 1):
         sweep_dir = out_dir / "runs" / family
         sweep_dir.mkdir(parents=True, exist_ok=True)
         cmd = training_command(cfg, family, sweep_dir)
-        log.info("Training %s: %s", family, " ".join(cmd[2:]))
+        log.info(
+            "[%d/%d] %s: training %d seed(s) (elapsed %s; job output: %s)",
+            i, n, family, len(cfg.seeds), _duration(time.perf_counter() - started), sweep_dir / "launcher.log",
+        )  # fmt: skip
+        log.debug("%s: %s", family, " ".join(cmd[2:]))
         logf = open(sweep_dir / "launcher.log", "w")  # noqa: SIM115 - closed when the process ends
         procs[family] = subprocess.Popen(cmd, cwd=root, stdout=logf, stderr=subprocess.STDOUT)
         procs[family].logf = logf  # type: ignore[attr-defined]
+        procs[family].started = time.perf_counter()  # type: ignore[attr-defined]
         if not parallel:
-            status[family] = _finish(procs.pop(family), family, sweep_dir)
+            status[family] = _finish(procs.pop(family), family, sweep_dir, f"[{i}/{n}]", started)
     for family, proc in procs.items():
-        status[family] = _finish(proc, family, out_dir / "runs" / family)
+        i = list(cfg.families).index(family) + 1
+        status[family] = _finish(proc, family, out_dir / "runs" / family, f"[{i}/{n}]", started)
     return status
 
 
-def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path) -> int:
+def _duration(seconds: float) -> str:
+    """12 s, 3m05s, 1h02m: elapsed times in the progress lines."""
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def job_counts(sweep_dir: Path) -> tuple[int, int]:
+    """(jobs that finished, jobs that failed) of a family's sweep: metrics.json vs failed.json."""
+    jobs = [c for c in sweep_dir.iterdir() if c.is_dir()] if sweep_dir.is_dir() else []
+    return sum((c / METRICS).is_file() for c in jobs), sum((c / FAILED).is_file() for c in jobs)
+
+
+def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path, step: str = "", started: float = 0.0) -> int:
     rc = proc.wait()
     proc.logf.close()  # type: ignore[attr-defined]
     has_runs = any(c.is_dir() and (c / ".hydra").is_dir() for c in sweep_dir.iterdir())
@@ -98,7 +124,13 @@ def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path) -> int:
             " / ".join(lines[-5:]) if lines else f"the training sweep exited with status {rc} before any job started"
         )
         write_failure(sweep_dir / "failed", family=family, seed=None, error=error, details="\n".join(tail))
-    log.info("%s: training jobs finished with exit status %d", family, rc)
+    ok, failed = job_counts(sweep_dir)
+    state = "ok" if rc == 0 and failed == 0 else "FAILED"
+    log.info(
+        "%s %s: %s (%d job(s) done, %d failed, exit status %d) in %s; elapsed %s",
+        step, family, state, ok, failed, rc,
+        _duration(time.perf_counter() - getattr(proc, "started", started)), _duration(time.perf_counter() - started),
+    )  # fmt: skip
     return rc
 
 
@@ -139,12 +171,28 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if wandb_run is not None:
         wandb_run.finish()
     print(report["paths"]["md"].read_text())
-    print(f"Report: {report['paths']['html']}")
+    print(hints_text(report["hints"]), end="")
+    families = {}
+    for family in cfg.families:
+        ok, failed = job_counts(out_dir / "runs" / family)
+        families[family] = f"{'ok' if status.get(family) == 0 and not failed else 'FAILED'}: {ok} done, {failed} failed"
+    print_summary(
+        "genbench-benchmark: done",
+        {
+            "benchmark directory": out_dir,
+            **{f"  {family}": state for family, state in families.items()},
+            "report (html)": report["paths"]["html"],
+            "report (markdown)": report["paths"].get("md"),
+            "runs": out_dir / "runs",
+            "compare": f"genbench-compare {out_dir / 'runs'}",
+        },
+    )
     return report
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="benchmark")
 def main(cfg: DictConfig) -> None:
+    setup_run_logging()
     with user_errors():
         if cfg.get("print_config"):
             print_config_tree(cfg, order=("budget", "families", "seeds", "launcher"))

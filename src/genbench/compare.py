@@ -2,6 +2,10 @@
 
 genbench-compare outputs/train/multiruns/2026-11-26_10-00-00
 genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare/mine --floor
+
+A run's results are read from both evaluation paths (the training callback's ``eval/`` and
+``genbench-eval``'s ``checkpoints/metrics.json``), the newest of its final model winning; a run
+lacking a metric is listed below the table with the ``genbench-eval`` command that computes it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import time
 from pathlib import Path
 
 from genbench.errors import user_errors
-from genbench.report.build import write_report
+from genbench.report.build import hints_text, write_report
 from genbench.report.collect import find_runs
-from genbench.report.floor import real_floor
+from genbench.report.floor import floor_protocol, real_floor
+from genbench.summary import print_summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(os.environ.get("GENBENCH_ROOT") or os.getcwd())
         out = args.out or root / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
         floor, real_grid = real_floor(runs, out) if args.floor else (None, None)
+        no_floor = floor_protocol(runs)[1] if args.floor and floor is None else None
         report = write_report(
             runs,
             out,
@@ -39,7 +45,17 @@ def main(argv: list[str] | None = None) -> None:
             context={"config": {"runs": [str(r.run_dir) for r in runs]}},
         )
         print(report["paths"]["md"].read_text())
-        print(f"Report: {report['paths']['html']}")
+        print(hints_text(report["hints"]), end="")
+        if no_floor:
+            print(f"No real-vs-real floor: {no_floor}.")
+        print_summary(
+            "genbench-compare: done",
+            {
+                "runs": len(runs),
+                "report (html)": report["paths"]["html"],
+                "report (markdown)": report["paths"]["md"],
+            },
+        )
 
 
 if __name__ == "__main__":

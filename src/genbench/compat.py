@@ -2,16 +2,18 @@
 
 genbench relies on a few internals that Lightning and torch-fidelity do not promise to keep: a
 module-level function Lightning calls to start DDP children under Hydra, the fit loop's batch
-progress and its layout in a checkpoint, the CSV logger's writer, and torch-fidelity's cache file
-names. Each is wrapped here and nowhere else, so an upgrade is one file to review, and
+progress and its layout in a checkpoint, and the CSV logger's writer. Each is wrapped here and
+nowhere else, so an upgrade is one file to review, and
 ``tests/test_compat.py`` exercises every wrapper against the installed versions: it fails loudly
 (naming the wrapper) when one of them changes. The stack is pinned in ``pyproject.toml``;
-:data:`CHECKED_AGAINST` must move with those pins.
+:data:`CHECKED_AGAINST` must move with those pins. (torch-fidelity's per-metric functions, which
+``genbench.metrics.fidelity`` drives itself to cache the real side, are module-level API; their
+results are checked against ``torch_fidelity.calculate_metrics`` in ``tests/test_metrics.py``.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
@@ -84,20 +86,3 @@ def prepend_csv_rows(logger: Any, rows: list[dict[str, Any]]) -> None:
     writer = logger.experiment
     writer.metrics = list(rows) + writer.metrics
     writer.save()
-
-
-# --- torch-fidelity -----------------------------------------------------------------------------
-
-
-def fidelity_cache_files(
-    cache_name: str, extractor: str, feature_layers: Iterable[str], fid_layer: str | None, only_fid: bool
-) -> list[str]:
-    """The files torch-fidelity 0.4.0 caches for an input named ``cache_name``: per-layer
-    features (``utils.py``: ``<name>-<extractor>-features-<layer>.pt``, not written when FID is the
-    only metric, which caches statistics straight away) and the FID statistics
-    (``metric_fid.py``: ``<name>-<extractor>-stat-fid-<layer>.pt``)."""
-    prefix = f"{cache_name}-{extractor}"
-    names = [] if only_fid else [f"{prefix}-features-{layer}.pt" for layer in sorted(set(feature_layers))]
-    if fid_layer is not None:
-        names.append(f"{prefix}-stat-fid-{fid_layer}.pt")
-    return names

@@ -28,7 +28,45 @@ RESOLVERS = {
     "genbench_slurm_tasks": slurm_tasks_per_node,
     "genbench_slurm_gpus": slurm_gpus_per_node,
     "genbench_slurm_cpus": slurm_cpus_per_task,
+    # --help (conf/hydra/default.yaml): the command's name and the config groups it uses
+    "genbench_command": lambda config_name: command_name(config_name),
+    "genbench_help_groups": lambda config_name: help_groups(config_name),
 }
+
+#: groups a command uses that are not in its config's defaults list (Hydra's launcher of a sweep)
+EXTRA_HELP_GROUPS = {"train": ("hydra/launcher",)}
+
+
+def command_name(config_name: str) -> str:
+    """The console script of a primary config: train_extractor -> genbench-train-extractor."""
+    return "genbench-" + str(config_name).replace("_", "-")
+
+
+def help_groups(config_name: str) -> str:
+    """``--help``'s list of config groups: only those in the command's own defaults list (plus
+    :data:`EXTRA_HELP_GROUPS`), each with its options. Hydra's ``$APP_CONFIG_GROUPS`` lists every
+    folder under conf/, so genbench-train showed budget/metrics/sampler that it never reads."""
+    import yaml
+
+    from genbench import CONFIG_DIR
+
+    primary = yaml.safe_load((CONFIG_DIR / f"{config_name}.yaml").read_text()) or {}
+    groups = []
+    for entry in primary.get("defaults") or []:
+        if isinstance(entry, dict):
+            group = str(next(iter(entry))).split(" ")[-1].lstrip("/")
+            if group != "hydra" and not group.startswith("hydra/"):
+                groups.append(group)
+    groups += EXTRA_HELP_GROUPS.get(str(config_name), ())
+    lines = []
+    for group in groups:
+        folder = CONFIG_DIR / group
+        options = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+        if group == "hydra/launcher":
+            options = ["basic (default)", *options]
+        if options:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 def register_resolvers() -> None:

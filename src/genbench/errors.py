@@ -25,10 +25,15 @@ class GenbenchError(RuntimeError):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn GenbenchError into one clear line on stderr and exit status 1 (no traceback)."""
+    """Turn GenbenchError into one clear line on stderr and exit status 1 (no traceback).
+
+    The line is printed once: the log record (for the run's log file) is kept off the console
+    handler, which would otherwise show it a second time on stdout."""
+    from genbench.summary import FILE_ONLY
+
     try:
         yield
     except GenbenchError as e:
-        log.error("%s", e)
-        print(f"genbench: error: {e}", file=sys.stderr)
+        log.error("%s", e, extra=FILE_ONLY)
+        print(f"genbench: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

@@ -7,7 +7,11 @@ genbench-eval data=fashion_mnist input1=/path/to/png/folder                     
 
 A checkpoint carries its model and data config, so any family evaluates without more flags. The
 result is appended to ``metrics.json`` beside the checkpoint (``latest`` + ``history``: an earlier
-evaluation, e.g. with another sampler or sample count, is never overwritten).
+evaluation, e.g. with another sampler or sample count, is never overwritten). A checkpoint's record
+carries the same fields as the training callback's records (``eval/metrics.jsonl``): every metric
+key, ``step``, ``epoch``, ``images_seen`` (from the checkpoint's budget state), ``evaluated_at``,
+plus ``source: "genbench-eval"`` and ``ckpt``; the likelihood (``metrics.likelihood``) is computed
+too, and the memorisation check's picture of the closest pairs is written beside metrics.json.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from genbench.data.folder import load_image_folder
 from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable, read_json
-from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8
+from genbench.latents import write_latent_grids
+from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8, scalar_results
 from genbench.metrics.fidelity import check_sample_counts
 from genbench.schema import validate_config
+from genbench.summary import print_summary, setup_run_logging
 
 log = logging.getLogger("genbench.evaluate")
 
@@ -98,6 +104,33 @@ def _match(images: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Ten
     return fit_channels(fit_size(images, shape[-1]), shape[0])
 
 
+def budget_progress(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the run's TrainingBudget had recorded when the checkpoint was written (images seen,
+    CPU seconds, mean load): the same cost fields the callback's records carry."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("TrainingBudget") and isinstance(state, dict) and "images_seen" in state:
+            samples = state.get("load_samples") or 0
+            out = {"images_seen": state["images_seen"], "train_seconds": round(float(state.get("train_seconds", 0)), 3)}
+            if "cpu_seconds" in state:
+                out["cpu_seconds"] = round(float(state["cpu_seconds"]), 3)
+            if samples:
+                out["load_avg"] = round(float(state.get("load_sum", 0.0)) / samples, 3)
+            return out
+    return {}
+
+
+def pairs_location(out: Path, stem: str) -> tuple[Path, Path]:
+    """(PNG path, the directory its recorded path is relative to): beside metrics.json, relative to
+    the run directory when metrics.json is the run's ``checkpoints/metrics.json``."""
+    base = out.parent.parent if out.parent.name == "checkpoints" else out.parent
+    return out.parent / f"closest_pairs-{stem}.png", base
+
+
+def _relative_pairs(result: dict[str, Any], base: Path) -> None:
+    if "closest_pairs" in result:
+        result["closest_pairs"] = Path(result["closest_pairs"]).resolve().relative_to(base.resolve()).as_posix()
+
+
 def output_path(cfg: DictConfig) -> Path:
     """Where the result goes: ``output``, else beside the checkpoint, else in the run directory."""
     if cfg.get("output"):
@@ -136,20 +169,35 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     start = time.perf_counter()
     generated = sample_uint8(model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, **kwargs)
     sampling_seconds = time.perf_counter() - start
-    result = evaluator.evaluate(generated)
+    out = output_path(cfg)
+    pairs, base = pairs_location(out, f"{ckpt_path.stem}-n{mcfg.num_samples}")
+    result = evaluator.evaluate(generated, pairs_path=pairs)
+    _relative_pairs(result, base)
+    if mcfg.likelihood.due(final=True):
+        log.info("Computing the test-set likelihood (metrics.likelihood)...")
+        with torch.no_grad():
+            result.update(evaluator.likelihood(model, torch.Generator().manual_seed(cfg.seed)))
+    if cfg.get("latent_grids", True):  # the pictures a user of each family expects, beside the numbers
+        grids = write_latent_grids(
+            model, out.parent, real=datamodule.real_images("val")[:8], tag=ckpt_path.stem, seed=cfg.seed
+        )
+        result["grids"] = {name: path.name for name, path in grids.items()}  # relative to metrics.json
     used = sampler if sampler is not None else getattr(model, "sampler", None)  # GAN/VAE: none
     result.update(
+        source="genbench-eval",
         ckpt=ckpt_path.name,
         family=model.family,
         epoch=ckpt.get("epoch"),
+        step=ckpt.get("global_step"),
         global_step=ckpt.get("global_step"),
+        **budget_progress(ckpt),
         sampler=used.describe() if used is not None else None,
         seed=cfg.seed,
         sampling_seconds=round(sampling_seconds, 2),
         sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
         evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    return result, output_path(cfg)
+    return result, out
 
 
 def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -172,9 +220,17 @@ def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     # a split or a folder loads in seconds (or names a bad source) before the extractor is resolved
     generated, gen_label = load_source(str(cfg.input1), datamodule, mcfg.num_samples, cfg.seed, device)
     generated = _match(check_images(generated, "input1"), tuple(real.shape[1:]), "input1")
-    result = (evaluator or make_evaluator()).evaluate(generated)
-    result.update(input1=gen_label, input2=real_label, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return result, output_path(cfg)
+    out = output_path(cfg)
+    pairs, base = pairs_location(out, f"{out.stem}-{len(generated)}")
+    result = (evaluator or make_evaluator()).evaluate(generated, pairs_path=pairs)
+    _relative_pairs(result, base)
+    result.update(
+        source="genbench-eval",
+        input1=gen_label,
+        input2=real_label,
+        evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return result, out
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -197,18 +253,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     append_result(out, result)
     result["metrics_json"] = str(out)
-    shown = {k: result[k] for k in ("fid", "kid_mean", "is_mean", "precision", "recall") if k in result}
-    log.info("%s -> %s", json.dumps(shown), out)
+    log.info("%s -> %s", json.dumps(scalar_results(result)), out)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return result
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    setup_run_logging()
     with user_errors():
         if cfg.get("print_config"):
             print(OmegaConf.to_yaml(cfg, resolve=True))
-        evaluate(cfg)
+        result = evaluate(cfg)
+        shown = ("fid", "kid_mean", "is_mean", "precision", "recall", "bpd", "classes_covered", "memorised_frac")
+        print_summary(
+            "genbench-eval: done",
+            {
+                "evaluated": cfg.get("ckpt_path") or f"{cfg.get('input1')} vs {cfg.get('input2') or 'the test split'}",
+                "metrics": {k: result[k] for k in shown if k in result},
+                "written": result["metrics_json"],
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -231,7 +231,11 @@ RULES: tuple[Rule, ...] = (
     Rule("model.optimizer*.weight_decay", number(0), "0.0"),
     Rule("model.beta", number(0), "1.0"),
     Rule("model.sigma", number(0, lo_open=True, null=True), "0.1"),
-    Rule("model.likelihood", choice("bernoulli", "gaussian"), "bernoulli"),
+    Rule(
+        "model.likelihood",
+        choice("bernoulli", "gaussian", "discretized_logistic", "discretized_gaussian"),
+        "discretized_logistic",
+    ),
     Rule("model.loss", choice("non_saturating", "hinge"), "non_saturating"),
     Rule("model.d_steps_per_g_step", integer(1), "1"),
     Rule("model.sample_batch_size", integer(1), "256"),

@@ -20,6 +20,7 @@ from genbench import CONFIG_DIR
 from genbench.config import build
 from genbench.errors import user_errors
 from genbench.metrics.in_domain_training import ensure_in_domain_extractor, extractor_report
+from genbench.summary import print_summary, setup_run_logging
 
 log = logging.getLogger("genbench.train_extractor")
 
@@ -34,11 +35,24 @@ def train_extractor(cfg: DictConfig) -> dict[str, Any]:
     report["path"] = str(path)
     log.info("In-domain extractor at %s: test accuracy %.4f", path, report.get("test_accuracy", float("nan")))
     print(json.dumps(report, indent=2))
+    print_summary(
+        "genbench-train-extractor: done",
+        {
+            "extractor": path,
+            "dataset": f"{report.get('dataset')} ({report.get('image_size')} px, {report.get('channels')} ch)",
+            "test accuracy": report.get("test_accuracy"),
+            "trained": (
+                f"{report.get('epochs')} epochs in {report.get('train_seconds')} s" if "epochs" in report else None
+            ),
+            "report": path.with_name("extractor.json"),
+        },
+    )
     return report
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train_extractor")
 def main(cfg: DictConfig) -> None:
+    setup_run_logging()
     with user_errors():
         train_extractor(cfg)
 

@@ -33,8 +33,8 @@ import torch
 
 from genbench.callbacks.budget import TrainingBudget
 from genbench.errors import GenbenchError
-from genbench.io import atomic_write_json
-from genbench.metrics import RESULT_NAMES, Evaluator, MetricsConfig, sample_uint8
+from genbench.io import atomic_write_bytes, atomic_write_json
+from genbench.metrics import Evaluator, MetricsConfig, sample_uint8, scalar_results
 from genbench.reproducibility import preserved_training_state
 from genbench.stopping import StopRequested
 
@@ -44,7 +44,9 @@ PREFIX = "eval/"
 
 
 class EvaluationCallback(pl.Callback):
-    """Periodic FID / KID / IS / precision-recall during training, logged as ``eval/<metric>``.
+    """Periodic FID / KID / IS / precision-recall, mode coverage and memorisation during training
+    (and the test-set likelihood at the final evaluation: ``metrics.likelihood.when``), logged as
+    ``eval/<metric>`` (the scalars of ``genbench.metrics.SCALAR_RESULTS``).
 
     Args:
         num_samples: images drawn per evaluation (split across DDP ranks).
@@ -142,30 +144,30 @@ class EvaluationCallback(pl.Callback):
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, can_log: bool, final: bool = False) -> None:
         if trainer.global_step == self._last_step:  # the model has not changed since the last evaluation
             if final and self.last_result is not None:
-                self._write(trainer, {**self.last_result, "final": True}, "final.json", append=False)
+                self._finish_last(trainer, pl_module)
             return
         start = time.perf_counter()
         try:
             result = self.evaluate(trainer, pl_module)
+            if self.cfg.likelihood.due(final):
+                result.update(self.likelihood(trainer, pl_module))
         except StopRequested as e:  # the run stops at its next step boundary; this point is not measured
             log.warning("Evaluation at step %d interrupted: %s.", trainer.global_step, e)
             return
         self._last_step = trainer.global_step
         result.update(
-            epoch=trainer.current_epoch, step=trainer.global_step, seconds=round(time.perf_counter() - start, 2)
+            source="callback",
+            epoch=trainer.current_epoch,
+            step=trainer.global_step,
+            seconds=round(time.perf_counter() - start, 2),
+            evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
-        if self.budget is not None:  # images seen and pure training seconds so far
+        if self.budget is not None:  # images seen, pure training seconds, CPU time and load so far
             result.update(self.budget.training_progress())
         self.last_result = result
         self.history.append(result)
         scalars = self.scalars(result)
-        if can_log:
-            for name, value in scalars.items():
-                pl_module.log(name, value, prog_bar=name == f"{PREFIX}fid", sync_dist=False)
-        else:  # on_train_end: self.log is not allowed; go to the loggers directly
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
-            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        self._log(trainer, pl_module, scalars, can_log)
         if trainer.is_global_zero:
             if len(self.history) == 1:
                 for logger in trainer.loggers:
@@ -182,18 +184,63 @@ class EvaluationCallback(pl.Callback):
                 shown,
             )
 
+    def _finish_last(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The end of training when the last evaluation already saw the final weights: add what
+        only the final evaluation computes (the likelihood, by default) to that record, log it, and
+        write it as ``final.json``."""
+        assert self.last_result is not None
+        result = self.last_result
+        if self.cfg.likelihood.due(final=True) and "likelihood" not in result:
+            try:
+                extra = self.likelihood(trainer, pl_module)
+            except StopRequested as e:
+                log.warning("Likelihood at step %d interrupted: %s.", trainer.global_step, e)
+                extra = {}
+            if extra:
+                result.update(extra)
+                self._log(trainer, pl_module, scalar_results(extra, PREFIX), can_log=False)
+                self._write(trainer, result, None, append=False, replace_last=True)
+        self._write(trainer, {**result, "final": True}, "final.json", append=False)
+
+    def _log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, scalars: dict[str, float], can_log: bool
+    ) -> None:
+        if can_log:
+            for name, value in scalars.items():
+                pl_module.log(name, value, prog_bar=name == f"{PREFIX}fid", sync_dist=False)
+        else:  # on_train_end: self.log is not allowed; go to the loggers directly
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+
     @staticmethod
     def scalars(result: Mapping[str, Any]) -> dict[str, float]:
-        keys = [*RESULT_NAMES.values(), "num_samples"]
-        return {f"{PREFIX}{k}": float(result[k]) for k in keys if k in result}
+        """The result's scalars as ``eval/<name>`` (the names: ``genbench.metrics.SCALAR_RESULTS``)."""
+        return scalar_results(result, PREFIX)
 
-    def _write(self, trainer: pl.Trainer, result: dict[str, Any], name: str | None, append: bool = True) -> None:
-        """Append to ``eval/metrics.jsonl`` (the history) and refresh ``latest.json`` / ``final.json``."""
+    def run_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.output_dir or trainer.default_root_dir)
+
+    def _write(
+        self,
+        trainer: pl.Trainer,
+        result: dict[str, Any],
+        name: str | None,
+        append: bool = True,
+        replace_last: bool = False,
+    ) -> None:
+        """Append to ``eval/metrics.jsonl`` (the history; ``replace_last``: amend its last line)
+        and refresh ``latest.json`` / ``final.json``."""
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir or trainer.default_root_dir) / "eval"
+        out = self.run_dir(trainer) / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        if append:
+        if replace_last and (out / "metrics.jsonl").is_file():
+            lines = (out / "metrics.jsonl").read_text().splitlines()[:-1]
+            atomic_write_bytes(
+                out / "metrics.jsonl", "".join(f"{line}\n" for line in [*lines, json.dumps(result)]).encode()
+            )
+        elif append:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(result) + "\n")
         atomic_write_json(out / (name or "latest.json"), result)
@@ -213,13 +260,35 @@ class EvaluationCallback(pl.Callback):
                 images = gathered.reshape(-1, *images.shape[1:])[: self.num_samples].cpu()
             result: dict[str, Any] | None = None
             if trainer.is_global_zero:
+                pairs = self.run_dir(trainer) / "eval" / "closest_pairs" / f"step-{trainer.global_step:07d}.png"
                 try:
-                    result = self.evaluator(trainer).evaluate(images)
+                    result = self.evaluator(trainer).evaluate(images, pairs_path=pairs)
                 except GenbenchError as e:
                     result = {"error": str(e)}
+                if "closest_pairs" in result:  # relative to the run directory: the run stays movable
+                    result["closest_pairs"] = (
+                        Path(result["closest_pairs"]).relative_to(self.run_dir(trainer)).as_posix()
+                    )
             if world > 1:
                 result = trainer.strategy.broadcast(result, src=0)
         assert result is not None
         if "error" in result:
             raise GenbenchError(f"Evaluation callback: {result['error']}")
         return result
+
+    def likelihood(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Test-set bits/dim (``metrics.likelihood``) computed on rank 0 and broadcast. Collective."""
+        out: dict[str, Any] | None = None
+        with preserved_training_state(pl_module), torch.no_grad():
+            if trainer.is_global_zero:
+                generator = torch.Generator(device="cpu").manual_seed(self.seed)
+                try:
+                    out = self.evaluator(trainer).likelihood(pl_module, generator)
+                except GenbenchError as e:
+                    out = {"error": str(e)}
+            if trainer.world_size > 1:
+                out = trainer.strategy.broadcast(out, src=0)
+        assert out is not None
+        if "error" in out:
+            raise GenbenchError(f"Evaluation callback (likelihood): {out['error']}")
+        return out

@@ -1,4 +1,7 @@
-"""Save (and log) a grid of samples from fixed noise at regular intervals.
+"""Save (and log) a grid of samples from fixed noise at regular intervals, and the families' own
+views of their latent space (genbench.latents): the VAE's reconstructions of fixed validation
+images with every grid (``recon_<tag>.png``), and an interpolation grid of every family at the end
+of training (``interp_final.png``).
 
 The noise comes from a private generator seeded once, so successive grids show the same latent
 points evolving, and the global RNG streams of training are not touched.
@@ -17,6 +20,8 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from genbench.diffusion import DDIMSampler
+from genbench.latents import INTERP, RECON, interpolation_grid, reconstruction_grid, save_png
 from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.train")
@@ -43,12 +48,21 @@ class SampleGrid(pl.Callback):
         seed: int = 0,
         dirname: str = "samples",
         sample_kwargs: dict | None = None,
+        reconstructions: int = 8,
+        interpolation_rows: int = 4,
+        interpolation_steps: int = 8,
     ) -> None:
+        """``reconstructions``: how many validation images (the split's first) a VAE's
+        ``recon_<tag>.png`` shows above their reconstructions (0: none); ``interpolation_rows`` x
+        ``interpolation_steps``: the train-end ``interp_final.png`` (0 rows: none)."""
         self.num_samples = num_samples
         self.every_n_epochs = max(1, every_n_epochs)
         self.seed = seed
         self.dirname = dirname
         self.sample_kwargs = dict(sample_kwargs or {})
+        self.reconstructions = reconstructions
+        self.interpolation_rows = interpolation_rows
+        self.interpolation_steps = interpolation_steps
         self.last_path: Path | None = None
         self._last_step = -1
 
@@ -62,8 +76,12 @@ class SampleGrid(pl.Callback):
         if self.last_path is not None and self._last_step == trainer.global_step:
             if trainer.is_global_zero:
                 shutil.copyfile(self.last_path, self.last_path.with_name("final.png"))
+                recon = self.last_path.with_name(f"{RECON}_{self.last_path.name}")
+                if recon.is_file():
+                    shutil.copyfile(recon, recon.with_name(f"{RECON}_final.png"))
         else:
             self._make(trainer, pl_module, "final")
+        self._interpolation(trainer, pl_module)
 
     @rank_zero_only
     def _make(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
@@ -76,9 +94,44 @@ class SampleGrid(pl.Callback):
         self._last_step = trainer.global_step
         out_dir = Path(trainer.default_root_dir) / self.dirname
         self.last_path = save_grid(images, out_dir / f"{tag}.png")
-        grid = image_grid(images)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, global_step=trainer.global_step)
-            elif isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=trainer.global_step)
+        _log_grid(trainer, "samples", image_grid(images))
+        real = self._validation_images(trainer, pl_module)
+        if real is not None:
+            grid = reconstruction_grid(pl_module, real)
+            save_png(grid, out_dir / f"{RECON}_{tag}.png")
+            _log_grid(trainer, "reconstructions", grid)
+
+    def _validation_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        """The first ``reconstructions`` validation images (uint8), the same at every grid; None
+        for a family without an encoder or a datamodule without a validation split."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.reconstructions < 1 or not hasattr(pl_module, "reconstruct") or not hasattr(datamodule, "real_images"):
+            return None
+        return datamodule.real_images("val")[: self.reconstructions]
+
+    @rank_zero_only
+    def _interpolation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interpolation_rows < 1:
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        # the grids' own DDIM eta=0 sampler (e.g. debug=fast's 4 steps) decodes x_T; anything
+        # stochastic is left to the DDPM's default deterministic one
+        sampler = self.sample_kwargs.get("sampler")
+        kwargs = {"sampler": sampler} if isinstance(sampler, DDIMSampler) and sampler.eta == 0 else {}
+        try:
+            grid = interpolation_grid(pl_module, self.interpolation_rows, self.interpolation_steps, generator, **kwargs)
+        except StopRequested as e:
+            log.warning("Interpolation grid interrupted: %s.", e)
+            return
+        save_png(grid, Path(trainer.default_root_dir) / self.dirname / f"{INTERP}_final.png")
+        _log_grid(trainer, "interpolations", grid)
+
+
+def _log_grid(trainer: pl.Trainer, name: str, grid: torch.Tensor) -> None:
+    """A grid image (float [0, 1] or uint8, C x H x W) to TensorBoard and W&B."""
+    grid = grid.float() / 255 if grid.dtype == torch.uint8 else grid
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(name, grid, global_step=trainer.global_step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(name, [grid], step=trainer.global_step)

@@ -6,13 +6,16 @@
 * :mod:`~genbench.metrics.images` -- images checked and converted for torch-fidelity;
 * :mod:`~genbench.metrics.fidelity` -- the one torch-fidelity call, :mod:`~genbench.metrics.real_cache`
   its verified cache of the real side;
-* :mod:`~genbench.metrics.evaluator` -- :class:`Evaluator`, what every evaluation path uses;
+* :mod:`~genbench.metrics.evaluator` -- :class:`Evaluator`, what every evaluation path uses, and
+  :data:`SCALAR_RESULTS`, the one list of scalar result names (logged as ``eval/<name>``);
+* :mod:`~genbench.metrics.coverage` (class histogram vs the real one) and
+  :mod:`~genbench.metrics.memorisation` (nearest training images) -- pure functions;
 * :mod:`~genbench.metrics.functional` -- the formulas, written independently, for tests and notebooks.
 
 The Lightning callback that evaluates during training is :class:`genbench.callbacks.EvaluationCallback`.
 """
 
-from genbench.metrics.evaluator import Evaluator
+from genbench.metrics.evaluator import SCALAR_RESULTS, Evaluator, scalar_results
 from genbench.metrics.extractors import EXTRACTOR_CHOICES, resolve_extractor
 from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
 from genbench.metrics.images import UInt8ImageDataset, check_images, sample_uint8
@@ -28,6 +31,7 @@ __all__ = [
     "INCEPTION",
     "IN_DOMAIN",
     "RESULT_NAMES",
+    "SCALAR_RESULTS",
     "Evaluator",
     "ExtractorSpec",
     "InDomainExtractor",
@@ -41,5 +45,6 @@ __all__ = [
     "real_cache_key",
     "resolve_extractor",
     "sample_uint8",
+    "scalar_results",
     "train_in_domain_extractor",
 ]

@@ -6,6 +6,7 @@ benchmark's real-vs-real floor), so their numbers come from the same code.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,11 +16,55 @@ import torch
 
 from genbench.errors import GenbenchError
 from genbench.metrics.extractors import resolve_extractor
-from genbench.metrics.fidelity import compute_metrics
+from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
 from genbench.metrics.images import check_images
 from genbench.metrics.real_cache import real_cache_key
 from genbench.metrics.settings import MetricsConfig
 from genbench.metrics.spec import INCEPTION, ExtractorSpec
+
+log = logging.getLogger("genbench.metrics")
+
+#: every scalar an evaluation result may carry, in one list: the training callback logs these as
+#: ``eval/<name>``, genbench-eval logs them too, and readers (compare, report) can rely on it.
+#: Lists and texts (``class_hist``, ``likelihood``, ``closest_pairs``, ``extractor``...) are
+#: recorded in the JSON results but are not scalars.
+SCALAR_RESULTS: tuple[str, ...] = (
+    *RESULT_NAMES.values(),  # fid kid_mean kid_std is_mean is_std precision recall f_score
+    # mode coverage (genbench.metrics.coverage)
+    "classes_covered",
+    "num_classes",
+    "class_kl",
+    # memorisation (genbench.metrics.memorisation)
+    "nn_train_median",
+    "nn_heldout_median",
+    "memorised_frac",
+    # likelihood (genbench.metrics.likelihood)
+    "bpd",
+    "bpd_se",
+    "bpd_elbo",
+    "bpd_iwae",
+    "iwae_k",
+    "bpd_vlb",
+    "likelihood_images",
+    # cost and load (genbench.callbacks.budget)
+    "images_seen",
+    "cpu_seconds",
+    "load_avg",
+    "cpu_count",
+    "num_samples",
+)
+
+
+def scalar_results(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric entries of ``result`` named in :data:`SCALAR_RESULTS`, as floats (``prefix``
+    prepended, e.g. ``eval/``); absent, None and non-numeric values are left out."""
+    out = {}
+    for name in SCALAR_RESULTS:
+        value = result.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[f"{prefix}{name}"] = float(value)
+    return out
 
 
 class Evaluator:
@@ -34,7 +79,11 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         dataset: str = "real",
         split: str = "custom",
+        train_images: torch.Tensor | None = None,
+        test_images: torch.Tensor | None = None,
     ) -> None:
+        """``train_images``: the training subset memorisation compares against (None: no
+        memorisation); ``test_images``: the held-out images the likelihood is measured on."""
         self.real = check_images(real_images, "real")
         self.spec = spec
         self.cfg = MetricsConfig.from_mapping(cfg)
@@ -42,6 +91,12 @@ class Evaluator:
         self.dataset = dataset
         self.split = split
         self._key: str | None = None
+        self.train = None if train_images is None else check_images(train_images, "training")
+        self.test_images = test_images
+        self._train_key: str | None = None
+        if self.train is not None and split == "train":
+            log.info("Memorisation skipped: the real images are the training split, so none is held out.")
+            self.train = None
 
     @classmethod
     def for_datamodule(
@@ -81,7 +136,21 @@ class Evaluator:
         if real is None:
             real, real_label = datamodule.real_images(cfg.split), f"{datamodule.name}:{cfg.split}"
         dataset, _, split = (real_label or "real").partition(":")
-        return cls(real, spec, cfg, cache_dir=cache_dir, dataset=dataset, split=split or "custom")
+        train = test = None
+        if datamodule is not None:
+            test = datamodule.real_images("test")
+            if cfg.memorisation.enabled:  # the train split is shuffled once (split_seed): its head is a random subset
+                train = datamodule.real_images("train")[: cfg.memorisation.train_subset]
+        return cls(
+            real,
+            spec,
+            cfg,
+            cache_dir=cache_dir,
+            dataset=dataset,
+            split=split or "custom",
+            train_images=train,
+            test_images=test,
+        )
 
     @property
     def real_key(self) -> str:
@@ -89,15 +158,54 @@ class Evaluator:
             self._key = real_cache_key(self.real, self.spec, self.dataset, self.split)
         return self._key
 
-    def evaluate(self, generated: torch.Tensor) -> dict[str, Any]:
+    @property
+    def train_key(self) -> str | None:
+        if self._train_key is None and self.train is not None:
+            self._train_key = real_cache_key(self.train, self.spec, self.dataset, "train")
+        return self._train_key
+
+    def evaluate(self, generated: torch.Tensor, pairs_path: str | Path | None = None) -> dict[str, Any]:
+        """Every metric of ``generated``; ``pairs_path``: where the memorisation check's PNG of the
+        closest generated/training pairs goes (None: no picture)."""
         start = time.perf_counter()
-        key = self.real_key if self.cfg.cache and self.cache_dir is not None else None
-        metrics = compute_metrics(generated, self.real, self.spec, self.cfg, self.cache_dir, key)
+        cached = self.cfg.cache and self.cache_dir is not None
+        key = self.real_key if cached else None
+        train_key = self.train_key if cached else None
+        metrics = compute_metrics(
+            generated,
+            self.real,
+            self.spec,
+            self.cfg,
+            self.cache_dir,
+            key,
+            train=self.train,
+            train_key=train_key,
+            pairs_path=pairs_path,
+        )
         return {
             **metrics,
             "num_samples": len(generated),
             "num_real": len(self.real),
             "real": f"{self.dataset}:{self.split}",
             **self.spec.describe(),
+            **({"memorisation_train_images": len(self.train)} if self.train is not None else {}),
             "eval_seconds": round(time.perf_counter() - start, 3),
         }
+
+    def likelihood(self, model: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Test-set bits/dim of ``model`` (:func:`genbench.metrics.likelihood.evaluate_likelihood`
+        on the test split; the GAN's answer says it has none). Empty when switched off
+        (``metrics.likelihood.enabled=false``) or when there is no test split."""
+        settings = self.cfg.likelihood
+        lcfg = settings.config()
+        if not getattr(lcfg, "enabled", True):
+            return {}
+        if self.test_images is None:
+            log.info("Likelihood skipped: no test split (evaluating against images without a dataset).")
+            return {}
+        from genbench.metrics.likelihood import evaluate_likelihood
+
+        start = time.perf_counter()
+        out = dict(evaluate_likelihood(model, self.test_images, lcfg, generator))
+        out["likelihood_seconds"] = round(time.perf_counter() - start, 2)
+        return out

@@ -83,6 +83,10 @@ def train_in_domain_extractor(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, total), pct_start=0.15)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     start = time.perf_counter()
+    # the bar is transient (it sits inside a training run's own progress display); these lines stay
+    # in the run's log: a quarter of the way, half, three quarters
+    milestones = {max(1, total * q // 4) for q in (1, 2, 3)}
+    done = 0
     net.train()
     with Progress(*columns, transient=True, disable=not progress) as bar:
         task = bar.add_task(f"training in-domain extractor ({datamodule.name})", total=total)
@@ -98,6 +102,12 @@ def train_in_domain_extractor(
                 opt.step()
                 sched.step()
                 bar.advance(task)
+                done += 1
+                if done in milestones:
+                    log.info(
+                        "In-domain extractor (%s): step %d/%d, loss %.3f, %.0f s",
+                        datamodule.name, done, total, loss.item(), time.perf_counter() - start,
+                    )  # fmt: skip
     train_seconds = time.perf_counter() - start
     accuracy = classifier_accuracy(net, test_images, test_labels)
     report = {
@@ -179,7 +189,10 @@ def ensure_in_domain_extractor(
     with file_lock(directory.parent / f".{directory.name}.lock", f"the in-domain extractor of {datamodule.name}"):
         if usable():  # another job trained it while we waited
             return path
-        log.info("Training the in-domain extractor for %s into %s", datamodule.name, directory)
+        log.info(
+            "Training the in-domain extractor for %s (%d px, %d ch) into %s; evaluation waits for it (once per dataset)",
+            datamodule.name, datamodule.image_size, datamodule.channels, directory,
+        )  # fmt: skip
         # callers may sit inside Lightning's validation loop (inference mode, no grad)
         with torch.inference_mode(False), torch.enable_grad():
             payload, report = train_in_domain_extractor(datamodule, **train_kwargs)
@@ -188,10 +201,11 @@ def ensure_in_domain_extractor(
         report["training_key"] = key
         atomic_write_json(directory / "extractor.json", report)
         log.info(
-            "In-domain extractor: %.2f%% test accuracy after %d epochs (%.0f s).",
+            "In-domain extractor: %.2f%% test accuracy after %d epochs (%.0f s), cached at %s",
             100 * report["test_accuracy"],
             report["epochs"],
             report["train_seconds"],
+            path,
         )
     return path
 

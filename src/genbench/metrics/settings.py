@@ -13,6 +13,79 @@ from genbench.errors import GenbenchError
 
 
 @dataclass
+class CoverageConfig:
+    """``metrics.coverage``: class histogram of the generated samples by the in-domain classifier
+    (rules in :mod:`genbench.metrics.coverage`)."""
+
+    enabled: bool = True
+    #: a class is covered when predicted for at least this fraction of the samples
+    min_fraction: float = 0.01
+    #: pseudo-counts added to every class of both histograms before the KL
+    smoothing: float = 0.5
+
+
+@dataclass
+class MemorisationConfig:
+    """``metrics.memorisation``: nearest-training-image distances (see :mod:`genbench.metrics.memorisation`)."""
+
+    enabled: bool = True
+    #: training images compared against (the first n of the shuffled train split; its features are cached)
+    train_subset: int = 10_000
+    #: closest generated/training pairs drawn in the PNG grid (0: no grid)
+    grid_pairs: int = 16
+
+
+#: when the likelihood is computed during training
+LIKELIHOOD_WHEN = ("final", "every", "never")
+
+
+@dataclass
+class LikelihoodSettings:
+    """``metrics.likelihood``: when test-set bits/dim are computed; every other key goes to
+    :class:`genbench.metrics.likelihood.LikelihoodConfig` unchanged."""
+
+    #: final: the final evaluation of training (and every genbench-eval of a checkpoint); every: each evaluation; never
+    when: str = "final"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> LikelihoodSettings:
+        if isinstance(mapping, LikelihoodSettings):
+            return mapping
+        options = dict(mapping or {})
+        when = str(options.pop("when", "final"))
+        if when not in LIKELIHOOD_WHEN:
+            raise GenbenchError(f"metrics.likelihood.when={when} is unknown: use one of {', '.join(LIKELIHOOD_WHEN)}.")
+        from genbench.metrics.likelihood import LikelihoodConfig
+
+        LikelihoodConfig.from_mapping(options)  # a typo is refused now, not after training
+        return cls(when=when, options=options)
+
+    def config(self) -> Any:
+        """The :class:`~genbench.metrics.likelihood.LikelihoodConfig` of these options."""
+        from genbench.metrics.likelihood import LikelihoodConfig
+
+        return LikelihoodConfig.from_mapping(self.options)
+
+    def due(self, final: bool) -> bool:
+        return self.when == "every" or (self.when == "final" and final)
+
+
+def _section(cls: type, mapping: Any, name: str) -> Any:
+    """A nested settings dataclass from a mapping, refusing unknown keys with the section's name."""
+    if isinstance(mapping, cls):
+        return mapping
+    mapping = dict(mapping or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise GenbenchError(
+            f"Unknown metrics.{name} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+        )
+    return cls(**mapping)
+
+
+@dataclass
 class MetricsConfig:
     """The ``metrics`` config group (conf/metrics/*.yaml), one field per key."""
 
@@ -44,6 +117,9 @@ class MetricsConfig:
     #: auto (cuda when available) | cpu | cuda
     device: str = "auto"
     verbose: bool = False
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> MetricsConfig:
@@ -57,7 +133,16 @@ class MetricsConfig:
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise GenbenchError(f"Unknown metrics setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        return cls(**dict(mapping))
+        values = dict(mapping)
+        values["coverage"] = _section(CoverageConfig, values.get("coverage"), "coverage")
+        values["memorisation"] = _section(MemorisationConfig, values.get("memorisation"), "memorisation")
+        values["likelihood"] = LikelihoodSettings.from_mapping(values.get("likelihood"))
+        if values["memorisation"].train_subset < 1:
+            raise GenbenchError(
+                f"metrics.memorisation.train_subset must be >= 1, got {values['memorisation'].train_subset} "
+                "(to skip memorisation set metrics.memorisation.enabled=false)."
+            )
+        return cls(**values)
 
     def replace(self, **changes: Any) -> MetricsConfig:
         """A copy with ``changes``: settings objects are shared, so nobody mutates one in place."""

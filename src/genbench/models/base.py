@@ -7,6 +7,8 @@ evaluation callback, ``genbench-eval`` and the benchmark rely on nothing else.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,39 @@ from genbench.stopping import check_stop
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any] | None
 
+log = logging.getLogger("genbench.models")
+
+
+def channels_last_option(value: bool | str) -> bool | str:
+    """``model.channels_last``: true, false, or ``auto`` (on where it was measured to win: on a
+    CPU, where it trained all three families 1.07-1.21x faster (docs/performance.md); off on a GPU
+    until measured there on its own)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise GenbenchError(f"model.channels_last={value!r}: use true, false or auto.")
+
+
+def compile_options(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``model.compile``: false/null (eager), true (``torch.compile`` defaults) or a dict of
+    ``torch.compile`` keyword arguments (``{backend: aot_eager}``, ``{mode: max-autotune}``...).
+    Returns the keyword arguments, or None for eager."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if hasattr(value, "items"):
+        return dict(value.items())
+    raise GenbenchError(
+        f"model.compile={value!r}: use true, false, or a dict of torch.compile arguments (e.g. {{mode: default}})."
+    )
+
+
+def _channels_last_inputs(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.ndim == 4 else a
+        for a in args
+    )
+
 
 class GenerativeModel(pl.LightningModule):
     family: str = "base"
@@ -29,12 +64,29 @@ class GenerativeModel(pl.LightningModule):
     ddp_find_unused_parameters: bool = False
     #: whether ``sample()`` accepts ``sampler=`` (several ways to sample: the DDPM)
     supports_samplers: bool = False
+    #: child modules left in the default memory format on a GPU whatever ``model.channels_last``
+    #: says (the GAN's generator: channels_last + torch.compile crashed Inductor there)
+    channels_last_exempt_on_gpu: tuple[str, ...] = ()
 
-    def __init__(self, channels: int, image_size: int, sample_batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        sample_batch_size: int = 256,
+        channels_last: bool | str = False,
+        compile: bool | dict[str, Any] | None = False,  # shadows the builtin: it is the config key (model.compile)
+    ) -> None:
         super().__init__()
         self.channels = channels
         self.image_size = image_size
         self.sample_batch_size = sample_batch_size
+        #: speed options (applied by ``configure_model`` when a Trainer starts; see docs/performance.md)
+        self.channels_last = channels_last_option(channels_last)
+        self.compile_kwargs = compile_options(compile)
+        self._speed_applied = False
+        self._step_clock: list[float] = []
+        #: seconds the first training step spent compiling (model.compile), once measured
+        self.compile_seconds: float | None = None
         #: the resolved Hydra config (model + data) saved in checkpoints, so that a checkpoint
         #: alone rebuilds its model (see genbench.models.load_model_from_checkpoint)
         self.genbench_config: dict[str, Any] | None = None
@@ -49,21 +101,58 @@ class GenerativeModel(pl.LightningModule):
         Every family implements it; ``sample()`` is the contract callers use."""
         raise NotImplementedError(f"{type(self).__name__} must implement _sample_batch(n, generator).")
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
         """Draw ``n`` images in [-1, 1], in chunks of ``sample_batch_size``, leaving the module's
         train/eval mode as it found it. Randomness comes from ``generator`` when given, so a fixed
-        generator gives the same images on every call."""
+        generator gives the same images on every call.
+
+        The networks run under ``torch.inference_mode`` (no autograd graph, no version counters);
+        the chunks are joined outside it, so callers get an ordinary tensor they may modify in place."""
         if n < 1:
             raise GenbenchError(f"sample(n) needs n >= 1, got {n}.")
         was_training = self.training
         self.eval()
         try:
             chunks = []
-            for start in range(0, n, self.sample_batch_size):
+            with torch.inference_mode():
+                for start in range(0, n, self.sample_batch_size):
+                    check_stop()
+                    b = min(self.sample_batch_size, n - start)
+                    chunks.append(self._sample_batch(b, generator, **kwargs).float().clamp(-1, 1))
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks)
+
+    # --- latents: what interpolation grids walk through (genbench.latents) -------------------
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one latent the family decodes deterministically: z for the GAN and the
+        VAE, x_T for the DDPM (decoded by DDIM with eta=0)."""
+        raise NotImplementedError(f"{type(self).__name__} must define latent_shape.")
+
+    def _decode_batch(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Latents -> images, deterministically (no randomness besides ``z``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _decode_batch(z).")
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Decode latents shaped ``(n, *latent_shape)`` into ``n`` images in [-1, 1], in chunks of
+        ``sample_batch_size`` and in eval mode, like ``sample()``. The map is deterministic, so the
+        same ``z`` always gives the same image: what makes an interpolation between two latents
+        (and a grid's endpoints) meaningful."""
+        if tuple(z.shape[1:]) != tuple(self.latent_shape):
+            raise GenbenchError(
+                f"decode_latents needs latents shaped (n, {', '.join(map(str, self.latent_shape))}), "
+                f"got {tuple(z.shape)}."
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = []
+            for start in range(0, len(z), self.sample_batch_size):
                 check_stop()
-                b = min(self.sample_batch_size, n - start)
-                chunks.append(self._sample_batch(b, generator, **kwargs).float().clamp(-1, 1))
+                batch = z[start : start + self.sample_batch_size].to(self.device)
+                chunks.append(self._decode_batch(batch, **kwargs).float().clamp(-1, 1))
         finally:
             self.train(was_training)
         return torch.cat(chunks)
@@ -72,6 +161,80 @@ class GenerativeModel(pl.LightningModule):
         """Standard normal noise drawn on the generator's device, then moved to the module's: a
         CPU generator gives the same samples whatever device the model runs on."""
         return randn(shape, generator, device=self.device)
+
+    # --- speed options -------------------------------------------------------------------------
+    def trained_networks(self) -> dict[str, torch.nn.Module]:
+        """The child modules an optimiser trains (GAN: generator + discriminator, VAE: encoder +
+        decoder, DDPM: net, not its frozen EMA copy): what ``model.compile`` compiles."""
+        return {
+            name: child for name, child in self.named_children() if any(p.requires_grad for p in child.parameters())
+        }
+
+    def apply_speed_options(self, device: torch.device | None = None) -> None:
+        """Apply ``model.channels_last`` and ``model.compile`` (once, for ``device``: ``auto`` means
+        channels_last on a CPU only). channels_last converts every
+        child's 4-D weights (the EMA copy too, so its update and sampling stay in one layout)
+        except, on a GPU, ``channels_last_exempt_on_gpu``; compile uses ``nn.Module.compile``, which
+        compiles in place and keeps the state-dict keys, so checkpoints load with or without it."""
+        if self._speed_applied:
+            return
+        self._speed_applied = True
+        device = device if device is not None else self.device
+        if self.channels_last is True or (self.channels_last == "auto" and device.type == "cpu"):
+            exempt = self.channels_last_exempt_on_gpu if device.type == "cuda" else ()
+            for name, child in self.named_children():
+                if name not in exempt and any(p.ndim == 4 for p in child.parameters()):
+                    child.to(memory_format=torch.channels_last)
+                    # inputs in the same layout (batches, fakes, x_t): a no-op for 1-channel images
+                    child.register_forward_pre_hook(_channels_last_inputs)
+        if self.compile_kwargs is not None:
+            for net in self.trained_networks().values():
+                net.compile(**self.compile_kwargs)
+
+    def configure_model(self) -> None:
+        # Lightning calls this once per fit/validate, before the strategy moves the model to its device.
+        self.apply_speed_options(self.trainer.strategy.root_device if self._trainer is not None else None)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Compilation happens lazily in the first step: its cost = first step - second step.
+        if self.compile_kwargs is None or self.compile_seconds is not None:
+            return
+        self._step_clock.append(time.perf_counter())
+        if len(self._step_clock) == 3:
+            t0, t1, t2 = self._step_clock
+            self.compile_seconds = max(0.0, (t1 - t0) - (t2 - t1))
+            log.info(
+                "torch.compile %s: first training step %.1f s (compilation included), second %.3f s: "
+                "compile time about %.1f s.",
+                self.compile_kwargs or "(defaults)",
+                t1 - t0,
+                t2 - t1,
+                self.compile_seconds,
+            )
+
+    # --- per-step logging -----------------------------------------------------------------------
+    def logs_this_step(self) -> bool:
+        """Whether this training step's ``self.log`` values can reach anyone: the loggers write
+        only every ``trainer.log_every_n_steps`` steps (and when the run stops), and an on-step
+        value logged in between is overwritten unread. Each ``self.log`` call costs Lightning
+        bookkeeping (``_ResultCollection.log`` re-walks the stored metric with
+        ``apply_to_collection``, ~1 ms per value on our CPU: 2-3 % of a VAE step), so the
+        families log only on the steps that are written, the last batch of an epoch and the last
+        steps of a ``max_steps`` run (``train/loss`` in metrics.json stays the final one). The
+        progress bar's training values then refresh every ``log_every_n_steps`` steps. Reads
+        Lightning's own decision (``_logger_connector.should_update_logs``); if a Lightning
+        version lacks it, every step logs (correct, only slower)."""
+        trainer = self._trainer
+        if trainer is None or trainer.fast_dev_run or trainer.log_every_n_steps <= 1:
+            return True
+        try:
+            if trainer._logger_connector.should_update_logs:
+                return True
+            last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        except AttributeError:
+            return True
+        # +2: a GAN batch makes up to two optimiser steps; logging one step too many is harmless
+        return bool(last_batch) or 0 < trainer.max_steps <= trainer.global_step + 2
 
     # --- shared plumbing ----------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench.diffusion import NoiseSchedule, Sampler
+from genbench import GenbenchError
+from genbench.diffusion import DDIMSampler, NoiseSchedule, Sampler
+from genbench.diffusion.schedule import _extract
+from genbench.metrics.likelihood import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
 
@@ -38,8 +41,10 @@ class DDPM(GenerativeModel):
         channels: int = 1,
         image_size: int = 32,
         sample_batch_size: int = 256,
+        channels_last: bool | str = False,
+        compile: bool | dict[str, Any] | None = False,  # the config key model.compile
     ) -> None:
-        super().__init__(channels, image_size, sample_batch_size)
+        super().__init__(channels, image_size, sample_batch_size, channels_last, compile)
         self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "scheduler"])
         self.net = net
         self.schedule = schedule
@@ -82,7 +87,8 @@ class DDPM(GenerativeModel):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss = self.diffusion_loss(self.net, batch[0])
-        self.log("train/loss", loss, prog_bar=True)
+        if self.logs_this_step():  # self.log costs ~1 ms per value: only on the steps loggers write
+            self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -112,3 +118,103 @@ class DDPM(GenerativeModel):
         x_T = self.randn(n, *self.image_shape, generator=generator)
         net = self.ema.shadow if use_ema else self.net
         return sampler(net, x_T, generator=generator, progress=progress)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """x_T: DDIM with eta=0 maps it to an image deterministically (Song et al., 2021, sec. 5)."""
+        return self.image_shape
+
+    def deterministic_sampler(self, sampler: Sampler | None = None) -> DDIMSampler:
+        """The sampler that decodes x_T: ``sampler`` if it is DDIM with eta=0, else the model's own
+        when it is one, else DDIM eta=0 with 50 steps (at most T). Anything with fresh noise per
+        step (ancestral, eta > 0) would not be a function of x_T, and is refused."""
+        if sampler is None:
+            own = self.sampler
+            if isinstance(own, DDIMSampler) and own.eta == 0:
+                return own
+            return DDIMSampler(self.schedule, steps=min(50, self.schedule.timesteps), eta=0.0)
+        if not (isinstance(sampler, DDIMSampler) and sampler.eta == 0):
+            raise GenbenchError(
+                f"Decoding x_T needs a deterministic sampler, got {sampler.name}"
+                f"{f' with eta={sampler.eta}' if isinstance(sampler, DDIMSampler) else ''}: use sampler=ddim sampler.eta=0."
+            )
+        return sampler.bind(self.schedule)
+
+    def _decode_batch(
+        self, z: torch.Tensor, sampler: Sampler | None = None, use_ema: bool = True, **kwargs: Any
+    ) -> torch.Tensor:
+        net = self.ema.shadow if use_ema else self.net
+        return self.deterministic_sampler(sampler)(net, z)
+
+    # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
+    @property
+    def reverse_variance(self) -> str:
+        """sigma_t^2 of p(x_{t-1}|x_t) in the bound: the configured ancestral sampler's choice
+        (``beta_tilde`` or ``beta``), ``beta_tilde`` for any other sampler (DDIM has none)."""
+        return getattr(self.sampler, "variance", "beta_tilde")
+
+    def reverse_log_variance(self) -> torch.Tensor:
+        """log sigma_t^2 for t = 0..T-1, as in Ho et al.'s code: beta-tilde clipped at t=0 to
+        beta-tilde_1 ("fixedsmall"), or beta_t with beta-tilde_1 at t=0 ("fixedlarge")."""
+        s = self.schedule
+        if self.reverse_variance == "beta":
+            return torch.log(torch.cat([s.posterior_var[1:2], s.betas[1:]]))
+        return s.posterior_log_var_clipped
+
+    def vlb_prior(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T|x_0) || N(0, I)) per image (nats): no network, nearly 0 for a good schedule."""
+        s, last = self.schedule, self.schedule.timesteps - 1
+        mean = s.sqrt_alpha_bar[last].double() * x0.double()
+        logvar = torch.log1p(-s.alpha_bar_float64[last]).to(x0.device)
+        return normal_kl(mean, logvar.expand_as(mean), 0.0, 0.0).flatten(1).sum(1)
+
+    def vlb_term(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, net: nn.Module | None = None
+    ) -> torch.Tensor:
+        """The bound's term at timestep index t (0-based, one per image), per image in nats, with
+        x_t = q_sample(x_0, t, noise): for t >= 1, L_{t} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t));
+        for t = 0, L_0 = -log p(x_0|x_1) under the discretised Gaussian decoder. p's mean comes from the
+        predicted noise via the clipped x_0 prediction (as the samplers do), its variance is
+        :meth:`reverse_log_variance`. ``net`` defaults to the EMA weights that sampling uses."""
+        s = self.schedule
+        net = self.ema.shadow if net is None else net
+        xt = s.q_sample(x0, t, noise)
+        eps = net(xt, t)
+        x0_pred = s.predict_x0(xt, t, eps).clamp(-1, 1)
+        model_mean = s.posterior_mean(x0_pred, xt, t).double()
+        model_logvar = _extract(self.reverse_log_variance(), t, x0.ndim).double()
+        true_mean = s.posterior_mean(x0, xt, t).double()
+        true_logvar = _extract(s.posterior_log_var_clipped, t, x0.ndim).double()
+        kl = normal_kl(true_mean, true_logvar.expand_as(true_mean), model_mean, model_logvar).flatten(1).sum(1)
+        decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).sum(1)
+        return torch.where(t == 0, decoder_nll, kl)
+
+    def likelihood_description(self, cfg: LikelihoodConfig) -> str:
+        """The bound's settings in a few words."""
+        T = self.schedule.timesteps
+        which = f"all {T}" if cfg.timesteps >= T else f"{cfg.timesteps} of {T}"
+        return f"DDPM variational bound (EMA weights, sigma^2={self.reverse_variance}), {which} timesteps per image"
+
+    def likelihood_bounds(
+        self, x: torch.Tensor, cfg: LikelihoodConfig, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``vlb`` per image (nats): L_T + sum over t of :meth:`vlb_term` (Ho et al., 2020, eq. 5).
+
+        With ``cfg.timesteps`` = k < T each image gets k distinct timesteps drawn uniformly (without
+        replacement, so k = T is the exact sum) and the sum is estimated as T * their mean: unbiased,
+        and its Monte-Carlo noise is part of the per-image spread the standard error is computed from.
+        Draw order from ``generator`` (part of the contract, the tests rely on it): the timesteps
+        (one permutation per image) when k < T, then for each j < k a noise tensor shaped like x."""
+        T, n = self.schedule.timesteps, x.shape[0]
+        k = min(cfg.timesteps, T)
+        if k == T:
+            ts = torch.arange(T).expand(n, T)
+        else:
+            device = generator.device if generator is not None else "cpu"
+            ts = torch.stack([torch.randperm(T, generator=generator, device=device)[:k] for _ in range(n)])
+        ts = ts.to(x.device)
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for j in range(k):
+            noise = self.randn(*x.shape, generator=generator).to(x.dtype)
+            total += self.vlb_term(x, ts[:, j].contiguous(), noise)
+        return {"vlb": self.vlb_prior(x) + total * (T / k)}

@@ -43,6 +43,8 @@ class GAN(GenerativeModel):
     family = "gan"
     default_monitor = None  # a GAN's losses say nothing about sample quality; use eval/fid
     ddp_find_unused_parameters = True
+    # channels_last + torch.compile crashed Inductor in the generator's backward on an H200 (docs/performance.md)
+    channels_last_exempt_on_gpu = ("generator",)
 
     def __init__(
         self,
@@ -57,8 +59,10 @@ class GAN(GenerativeModel):
         channels: int = 1,
         image_size: int = 32,
         sample_batch_size: int = 256,
+        channels_last: bool | str = False,
+        compile: bool | dict[str, Any] | None = False,  # the config key model.compile
     ) -> None:
-        super().__init__(channels, image_size, sample_batch_size)
+        super().__init__(channels, image_size, sample_batch_size, channels_last, compile)
         if loss not in GAN_LOSSES:
             raise GenbenchError(f"Unknown GAN loss '{loss}': set model.loss to one of {', '.join(GAN_LOSSES)}.")
         if d_steps_per_g_step < 1:
@@ -113,7 +117,8 @@ class GAN(GenerativeModel):
         out = {"d_loss": self.discriminator_step(real, fake)}
         if (batch_idx + 1) % self.d_steps_per_g_step == 0:
             out["g_loss"] = self.generator_step(fake)
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
+        if self.logs_this_step():  # self.log costs ~1 ms per value: only on the steps loggers write
+            self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True)
         out["loss"] = out["d_loss"]
         return out
 
@@ -138,3 +143,10 @@ class GAN(GenerativeModel):
 
     def _sample_batch(self, n: int, generator: torch.Generator | None, **kwargs: Any) -> torch.Tensor:
         return self.generator(self.randn(n, self.z_dim, generator=generator))
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:  # noqa: D102
+        return (self.z_dim,)
+
+    def _decode_batch(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.generator(z)

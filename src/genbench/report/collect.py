@@ -1,9 +1,16 @@
 """Read finished run directories back into plain records. The report needs nothing but files:
-runs started together (a benchmark) and runs that were not (``genbench-compare``) look alike."""
+runs started together (a benchmark) and runs that were not (``genbench-compare``) look alike.
+
+One results path: a run's evaluations come from the training-time callback
+(``eval/metrics.jsonl``, ``eval/final.json``) *and* from ``genbench-eval`` (``checkpoints/metrics.json``,
+``{"latest": ..., "history": [...]}``). Both are merged into one history, and the run's final
+result is the newest evaluation of its most-trained model, whichever tool computed it; the
+record says which (``source``), so the report can tell the reader."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +32,89 @@ class RunResult:
     error: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # metrics.json
     budget: dict[str, Any] = field(default_factory=dict)  # budget.json
-    final: dict[str, Any] = field(default_factory=dict)  # eval/final.json (or the last evaluation)
-    history: list[dict[str, Any]] = field(default_factory=list)  # eval/metrics.jsonl
+    final: dict[str, Any] = field(default_factory=dict)  # the newest evaluation of the final model
+    history: list[dict[str, Any]] = field(default_factory=list)  # eval/metrics.jsonl + genbench-eval, by step
     sampling: list[dict[str, Any]] = field(default_factory=list)  # sampling.json
     grid: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: where ``final`` came from: CALLBACK_SOURCE or EVAL_SOURCE (None: never evaluated)
+    final_source: str | None = None
+
+    def describe_source(self) -> str | None:
+        """Which tool computed the final result, and the file it is in (for the report)."""
+        if self.final_source is None:
+            return None
+        where = SOURCE_FILES.get(self.final_source)
+        return f"{self.final_source} ({where})" if where else self.final_source
+
+    @property
+    def last_ckpt(self) -> Path:
+        """The checkpoint ``genbench-eval`` evaluates: the run's final model."""
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+
+#: ``source`` of an evaluation record (the writers set it too), and where each one's records live
+CALLBACK_SOURCE = "callback"
+EVAL_SOURCE = "genbench-eval"
+#: where genbench-eval appends its results for a checkpoint of the run
+EVAL_RESULTS = "checkpoints/metrics.json"
+SOURCE_FILES = {CALLBACK_SOURCE: rundir.EVAL_FINAL, EVAL_SOURCE: EVAL_RESULTS}
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a killed job
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _timestamp(text: Any) -> float | None:
+    """``evaluated_at`` (local time, as genbench-eval writes it) as seconds since the epoch."""
+    try:
+        return time.mktime(time.strptime(str(text), "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _step(record: dict[str, Any]) -> int:
+    step = record.get("step", record.get("global_step"))
+    return int(step) if isinstance(step, int | float) else -1
+
+
+def merge_evaluations(
+    callback: list[dict[str, Any]],
+    callback_final: dict[str, Any] | None,
+    callback_time: float | None,
+    cli: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
+    """(history, final, final's source) from the callback's records and genbench-eval's.
+
+    Every record gets ``source`` and ``step`` (genbench-eval writes ``global_step``). The final
+    result is the newest evaluation of the most-trained model (the highest step): a later
+    ``genbench-eval`` of ``last.ckpt`` (more samples, another sampler) supersedes the callback's
+    final evaluation, but evaluating an early checkpoint afterwards does not. The callback's
+    records carry no time stamp, so ``callback_time`` (the mtime of its files) stands for them.
+    """
+    history = [{**r, "source": CALLBACK_SOURCE} for r in callback]
+    cli_records = [{**r, "source": EVAL_SOURCE, "step": _step(r)} for r in cli if "error" not in r]
+    history = sorted(history + cli_records, key=_step)  # stable: at one step the callback comes first
+    candidates: list[tuple[int, float, int, dict[str, Any]]] = []
+    if callback_final or callback:
+        final = {**(callback_final or callback[-1]), "source": CALLBACK_SOURCE}
+        candidates.append((_step(final), callback_time or 0.0, 0, final))
+    for i, r in enumerate(cli_records):
+        # ties (same step, same second) go to genbench-eval: it is run on a finished checkpoint
+        candidates.append((_step(r), _timestamp(r.get("evaluated_at")) or 0.0, 1 + i, r))
+    if not candidates:
+        return history, {}, None
+    final = max(candidates, key=lambda c: c[:3])[3]
+    return history, final, final["source"]
 
 
 def load_run(run_dir: str | Path) -> RunResult:
@@ -42,14 +127,17 @@ def load_run(run_dir: str | Path) -> RunResult:
     # who wrote the run says which family it is; the config only for runs that never finished
     family = train.get("family") or (failed or {}).get("family") or family_of_config(config.get("model")) or "?"
     seed = config.get("seed", (failed or {}).get("seed"))
-    history = []
-    if (run / rundir.EVAL_HISTORY).is_file():
-        for line in (run / rundir.EVAL_HISTORY).read_text().splitlines():
-            try:
-                history.append(json.loads(line))
-            except ValueError:
-                continue
-    final = read_json(run / rundir.EVAL_FINAL) or (history[-1] if history else {})
+    callback = _jsonl(run / rundir.EVAL_HISTORY)
+    callback_final = read_json(run / rundir.EVAL_FINAL)
+    stamps = [(run / p).stat().st_mtime for p in (rundir.EVAL_FINAL, rundir.EVAL_HISTORY) if (run / p).is_file()]
+    cli = read_json(run / EVAL_RESULTS)
+    cli_history = cli.get("history", []) if isinstance(cli, dict) else []
+    history, final, final_source = merge_evaluations(
+        callback,
+        callback_final if isinstance(callback_final, dict) else None,
+        max(stamps, default=None),
+        [r for r in cli_history if isinstance(r, dict)],
+    )
     if failed:
         status, error = "failed", f"{failed.get('type', 'Error')}: {failed.get('error', '')}"
     elif train:
@@ -70,6 +158,7 @@ def load_run(run_dir: str | Path) -> RunResult:
         sampling=read_json(run / rundir.SAMPLING) or [],
         grid=grid if grid.is_file() else None,
         config=config,
+        final_source=final_source,
     )
 
 

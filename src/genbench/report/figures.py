@@ -1,4 +1,9 @@
-"""Pictures for reports built from image files: sample grids placed side by side with labels.
+"""Pictures for reports built from image files: sample grids placed side by side with labels, and
+grids enlarged to a readable cell size.
+
+A 28- or 32-pixel cell is a thumbnail on a modern screen; the report enlarges every grid by a whole
+factor with nearest-neighbour resampling, so each pixel of a sample stays a crisp square (no
+interpolation blur that would flatter or hide artefacts).
 
 Plots of numbers are in :mod:`genbench.report.plots`."""
 
@@ -7,6 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+#: the cell size (pixels) the report aims for: 28 px -> x3 (84 px), 32 px -> x2 (64 px)
+READABLE_CELL = 72
+
+
+def readable_factor(cell_px: int, target: int = READABLE_CELL) -> int:
+    """The whole factor that brings a ``cell_px`` image cell closest to ``target`` pixels (>= 1)."""
+    return max(1, round(target / max(1, int(cell_px))))
+
+
+def upscale(src: Path, dst: Path, factor: int) -> Path:
+    """``src`` enlarged ``factor`` times with nearest-neighbour resampling, saved to ``dst``."""
+    im = Image.open(src)
+    if factor > 1:
+        im = im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    im.save(dst)
+    return dst
 
 
 def side_by_side(images: dict[str, Path], path: Path, gap: int = 12, label_height: int = 18) -> Path:

@@ -1,4 +1,27 @@
-"""One row per family: metrics as mean ± std over seeds, cost figures, and the real-vs-real floor."""
+"""One row per family: every metric as mean ± std with a 95% interval over seeds, cost and load
+figures, the real-vs-real floor, and (with several seeds) a spread row.
+
+Rows are plain dicts so that every renderer (markdown here, the HTML report, W&B, the CSV) shows
+the same numbers; :func:`format_value` / :func:`format_cell` are the one place where a number
+becomes text, so IS never prints as "1" in one place and "1.02" in another.
+
+Row layout (``kind`` says which row it is):
+
+- ``kind="family"``: ``family``, ``status``, ``seeds``, ``errors``; for every key in
+  :data:`METRIC_INFO` present in the runs: ``<key>`` (mean over seeds), ``<key>_std`` (sample std,
+  None with one seed), ``<key>_ci`` ([low, high] 95% Student-t interval, None with one seed),
+  ``<key>_n`` (seeds that have it), ``<key>_range`` (max - min) and ``<key>_cv`` (std / |mean|);
+  ``stability_note`` (e.g. "1 seed: no std or interval"); ``likelihood`` (what the bpd is, or
+  "none (implicit model: no likelihood)" for the GAN); cost: ``num_parameters``,
+  ``train_images_per_second``, ``train_seconds``, ``images_seen``, ``cpu_seconds``, ``load_avg``,
+  ``cpu_count``, ``budget_kind`` ("time" or "images"), ``load_warning`` (text or None);
+  sampling: ``sampling_images_per_second`` (sampler -> img/s), ``sampler`` (the evaluated one) and
+  ``sample_images_per_second`` (its img/s).
+- ``kind="floor"``: the real-vs-real reference (``family="real vs real (floor)"``).
+- ``kind="spread"`` (``family="spread"``): only when a family has >= 2 seeds; each metric cell is
+  a text "gan 12.3 · vae 4.1" of max - min over seeds, ``by_family`` holds the numbers
+  ({family: {key: {"range", "cv", "n"}}}).
+"""
 
 from __future__ import annotations
 
@@ -7,108 +30,367 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genbench.report.collect import RunResult
 
-#: (key in eval results, column title, lower is better)
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a result key is shown and compared. ``lower_is_better`` None: no better direction
+    (a count or a diagnostic)."""
+
+    title: str
+    lower_is_better: bool | None
+    style: str  # fid | sci | is | pct | bpd | nats | int | sig3 | seconds | load | rate
+    unit: str = ""
+    #: the values the measure can take: a t interval is clipped to them (with 2 seeds t = 12.7, and
+    #: "FID [-3, 150]" would be nonsense). KID's unbiased estimate can be negative: no bound.
+    bounds: tuple[float | None, float | None] = (0.0, None)
+
+
+#: Every per-evaluation key the leaderboard aggregates over seeds (the agreed result keys).
+METRIC_INFO: dict[str, MetricInfo] = {
+    "fid": MetricInfo("FID", True, "fid"),
+    "kid_mean": MetricInfo("KID", True, "sci", bounds=(None, None)),
+    "is_mean": MetricInfo("IS", False, "is", bounds=(1.0, None)),
+    "precision": MetricInfo("precision", False, "pct", bounds=(0.0, 1.0)),
+    "recall": MetricInfo("recall", False, "pct", bounds=(0.0, 1.0)),
+    "bpd": MetricInfo("bpd", True, "bpd", "bits/dim"),
+    "bpd_se": MetricInfo("bpd s.e.", None, "bpd", "bits/dim"),
+    "bpd_elbo": MetricInfo("bpd (ELBO)", True, "bpd", "bits/dim"),
+    "bpd_iwae": MetricInfo("bpd (IWAE)", True, "bpd", "bits/dim"),
+    "bpd_vlb": MetricInfo("bpd (VLB)", True, "bpd", "bits/dim"),
+    "classes_covered": MetricInfo("classes covered", False, "int"),
+    "class_kl": MetricInfo("class KL", True, "nats", "nats"),
+    "memorised_frac": MetricInfo("memorised", True, "pct", bounds=(0.0, 1.0)),
+    "nn_train_median": MetricInfo("NN dist. to train", None, "sig3"),
+    "nn_heldout_median": MetricInfo("held-out NN dist.", None, "sig3"),
+}
+#: Keys that are not per-evaluation metrics but still need a format.
+OTHER_FORMATS: dict[str, str] = {
+    "cpu_seconds": "seconds",
+    "train_seconds": "seconds",
+    "load_avg": "load",
+    "cpu_count": "int",
+    "images_seen": "int",
+    "num_parameters": "int",
+    "num_samples": "int",
+    "num_classes": "int",
+    "likelihood_images": "int",
+    "iwae_k": "int",
+    "train_images_per_second": "rate",
+    "sample_images_per_second": "rate",
+}
+
+#: The headline metrics: (key, column title, lower is better). Plots and the short table use these.
 METRICS = [
-    ("fid", "FID", True),
-    ("kid_mean", "KID", True),
-    ("is_mean", "IS", False),
-    ("precision", "precision", False),
-    ("recall", "recall", False),
+    (k, METRIC_INFO[k].title, bool(METRIC_INFO[k].lower_is_better))
+    for k in ("fid", "kid_mean", "is_mean", "precision", "recall")
 ]
+#: The extra columns of the markdown table (shown when any row has them).
+EXTRA_COLUMNS = ["bpd", "classes_covered", "class_kl", "memorised_frac"]
 FAMILY_ORDER = {"gan": 0, "vae": 1, "ddpm": 2}
+FLOOR_NAME = "real vs real (floor)"
+NO_LIKELIHOOD = "no likelihood"
+CONFIDENCE = 0.95
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
+# --- statistics -------------------------------------------------------------------------------
+
+
+def _finite(values: list[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out.append(f)
+    return out
+
+
+def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1; None with fewer than two values): the spread a
+    new seed would show, which is what the t interval uses too."""
+    values = _finite(values)
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _eval_value(run: RunResult, key: str) -> float | None:
-    value = run.final.get(key, run.final.get(f"eval/{key}"))
-    return float(value) if value is not None else None
+def t_quantile(n: int, confidence: float = CONFIDENCE) -> float:
+    """Two-sided Student-t quantile with n - 1 degrees of freedom: with 3 seeds the normal 1.96
+    would understate the interval by more than half (t = 4.30)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, n - 1))
+
+
+def summarize(
+    values: list[Any],
+    confidence: float = CONFIDENCE,
+    bounds: tuple[float | None, float | None] = (None, None),
+) -> dict[str, Any]:
+    """Mean, std, a Student-t confidence interval of the mean (clipped to ``bounds``, the values
+    the measure can take), range and coefficient of variation over seeds. One value: mean only
+    (std, interval, cv None: one seed says nothing of spread)."""
+    xs = _finite(values)
+    n = len(xs)
+    out: dict[str, Any] = {"mean": None, "std": None, "ci": None, "n": n, "range": None, "cv": None}
+    if not n:
+        return out
+    mean, std = mean_std(xs)
+    out["mean"] = mean
+    if n > 1 and std is not None:
+        half = t_quantile(n, confidence) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+        if bounds[0] is not None:
+            low = max(low, bounds[0])
+        if bounds[1] is not None:
+            high = min(high, bounds[1])
+        out.update(std=std, ci=[low, high], range=max(xs) - min(xs))
+        out["cv"] = std / abs(mean) if mean else None
+    return out
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def _eval_value(run: RunResult, key: str) -> Any:
+    return run.final.get(key, run.final.get(f"eval/{key}"))
+
+
+def _first(values: Any) -> Any:
+    return next((v for v in values if v not in (None, "")), None)
+
+
+def _load_warning(row: dict[str, Any]) -> str | None:
+    """A time budget measures the machine as much as the model: on a machine loaded above its cores
+    each family got only part of a core, and not the same part (issue #12.6)."""
+    load, cores = row.get("load_avg"), row.get("cpu_count")
+    if row.get("budget_kind") != "time" or load is None or not cores or load <= cores:
+        return None
+    return (
+        f"time budget ran with mean load {load:.1f} on {int(cores)} cores: this family had about "
+        f"{min(1.0, cores / load):.0%} of the machine, so its images seen (and quality) are not comparable with a "
+        "run on an idle machine; an image-count budget (budget=cpu_images) is reproducible"
+    )
+
+
+def _family_row(family: str, group: list[RunResult]) -> dict[str, Any]:
+    ok = [r for r in group if r.status == "ok"]
+    row: dict[str, Any] = {
+        "family": family,
+        "kind": "family",
+        "status": "ok" if len(ok) == len(group) else ("failed" if not ok else "partial"),
+        "seeds": sorted(r.seed for r in ok if r.seed is not None),
+        "errors": [f"seed {r.seed}: {r.error}" for r in group if r.status != "ok"],
+    }
+    for key in METRIC_INFO:
+        values = [_eval_value(r, key) for r in ok]
+        if key not in {m[0] for m in METRICS} and not _finite(values):
+            continue  # a key no run of this family has: left out, not a column of dashes
+        s = summarize(values, bounds=METRIC_INFO[key].bounds)
+        row[key], row[f"{key}_std"], row[f"{key}_ci"], row[f"{key}_n"] = s["mean"], s["std"], s["ci"], s["n"]
+        row[f"{key}_range"], row[f"{key}_cv"] = s["range"], s["cv"]
+    row["stability_note"] = (
+        f"{len(ok)} seeds: mean ± sample std, {CONFIDENCE:.0%} Student-t interval"
+        if len(ok) > 1
+        else ("1 seed: no std or interval (run seeds=[0,1,2] for them)" if ok else "no successful run")
+    )
+    row["likelihood"] = _first(_eval_value(r, "likelihood") for r in ok)
+    if row.get("bpd") is None and row["likelihood"] is None and family == "gan":
+        row["likelihood"] = "none (implicit model: no likelihood)"
+    row["num_samples"] = _first(r.final.get("num_samples") for r in ok)
+    row["num_classes"] = _first(_eval_value(r, "num_classes") for r in ok)
+    row["extractor"] = _first(r.final.get("extractor") for r in ok)
+    row["num_parameters"] = _first(r.train.get("num_parameters") for r in ok)
+    for key in ("train_images_per_second", "train_seconds", "images_seen", "cpu_seconds", "load_avg"):
+        row[key] = mean_std([r.budget.get(key) for r in ok])[0]
+    row["cpu_count"] = _first(r.budget.get("cpu_count") for r in ok)
+    max_seconds = _first(r.budget.get("max_train_seconds") for r in ok)
+    max_images = _first(r.budget.get("max_images") for r in ok)
+    row["budget_kind"] = "time" if max_seconds else ("images" if max_images else None)
+    row["load_warning"] = _load_warning(row)
+    sampling: dict[str, list[float]] = defaultdict(list)
+    for r in ok:
+        for s in r.sampling:
+            sampling[s["sampler"]].append(s["images_per_second"])
+    row["sampling_images_per_second"] = {k: mean_std(v)[0] for k, v in sampling.items()}
+    # the first entry of sampling.json is the model's own sampler: the one the metrics describe
+    row["sampler"] = _first(r.sampling[0]["sampler"] for r in ok if r.sampling)
+    own = summarize([r.sampling[0]["images_per_second"] for r in ok if r.sampling], bounds=(0.0, None))
+    row["sample_images_per_second"], row["sample_images_per_second_std"] = own["mean"], own["std"]
+    row["sample_images_per_second_ci"], row["sample_images_per_second_n"] = own["ci"], own["n"]
+    return row
+
+
+def _spread_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    multi = [r for r in rows if len(r["seeds"]) > 1]
+    if not multi:
+        return None
+    row: dict[str, Any] = {"family": "spread", "kind": "spread", "status": "spread", "seeds": [], "errors": []}
+    row["by_family"] = {
+        r["family"]: {
+            k: {"range": r.get(f"{k}_range"), "cv": r.get(f"{k}_cv"), "n": r.get(f"{k}_n")}
+            for k in METRIC_INFO
+            if r.get(f"{k}_range") is not None
+        }
+        for r in multi
+    }
+    for key in METRIC_INFO:
+        parts = [f"{f} {format_value(key, v[key]['range'])}" for f, v in row["by_family"].items() if key in v]
+        if parts:
+            row[key] = " · ".join(parts)
+    row["stability_note"] = "max - min over seeds, per family"
+    return row
 
 
 def build_leaderboard(runs: list[RunResult], floor: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The leaderboard rows: one per family (sorted gan, vae, ddpm, others), the floor row when
+    ``floor`` is given, and a spread row when any family has several seeds (see the module doc)."""
     by_family: dict[str, list[RunResult]] = defaultdict(list)
     for run in runs:
         by_family[run.family].append(run)
-    rows = []
-    for family in sorted(by_family, key=lambda f: (FAMILY_ORDER.get(f, 9), f)):
-        group = by_family[family]
-        ok = [r for r in group if r.status == "ok"]
-        row: dict[str, Any] = {
-            "family": family,
-            "status": "ok" if len(ok) == len(group) else ("failed" if not ok else "partial"),
-            "seeds": sorted(r.seed for r in ok if r.seed is not None),
-            "errors": [f"seed {r.seed}: {r.error}" for r in group if r.status != "ok"],
-        }
-        for key, _, _ in METRICS:
-            row[key], row[f"{key}_std"] = mean_std([_eval_value(r, key) for r in ok])
-        row["num_samples"] = next((r.final.get("num_samples") for r in ok if r.final.get("num_samples")), None)
-        row["extractor"] = next((r.final.get("extractor") for r in ok if r.final.get("extractor")), None)
-        row["num_parameters"] = next((r.train.get("num_parameters") for r in ok if r.train.get("num_parameters")), None)
-        row["train_images_per_second"], _ = mean_std([r.budget.get("train_images_per_second") for r in ok])
-        row["train_seconds"], _ = mean_std([r.budget.get("train_seconds") for r in ok])
-        row["images_seen"], _ = mean_std([r.budget.get("images_seen") for r in ok])
-        sampling: dict[str, list[float]] = defaultdict(list)
-        for r in ok:
-            for s in r.sampling:
-                sampling[s["sampler"]].append(s["images_per_second"])
-        row["sampling_images_per_second"] = {k: mean_std(v)[0] for k, v in sampling.items()}
-        rows.append(row)
+    rows = [_family_row(f, by_family[f]) for f in sorted(by_family, key=lambda f: (FAMILY_ORDER.get(f, 9), f))]
+    spread = _spread_row(rows)
     if floor:
-        row = {"family": "real vs real (floor)", "status": "reference", "seeds": [], "errors": []}
+        row = {"family": FLOOR_NAME, "kind": "floor", "status": "reference", "seeds": [], "errors": []}
         for key, _, _ in METRICS:
             row[key], row[f"{key}_std"] = floor.get(key), None
         row["num_samples"], row["extractor"] = floor.get("num_samples"), floor.get("extractor")
         rows.append(row)
+    if spread is not None:
+        rows.append(spread)
     return rows
 
 
-def _fmt(value: Any, std: Any = None, digits: int = 3) -> str:
+# --- formatting -------------------------------------------------------------------------------
+
+
+def _style(key: str) -> str:
+    if key in METRIC_INFO:
+        return METRIC_INFO[key].style
+    return OTHER_FORMATS.get(key, "sig3")
+
+
+def _number(style: str, v: float) -> str:
+    if style == "fid":
+        return f"{v:,.1f}"
+    if style == "sci":
+        return f"{v:.2e}"
+    if style == "is":
+        return f"{v:.2f}"
+    if style == "pct":
+        return f"{100 * v:.1f}%"
+    if style in ("bpd", "nats"):
+        return f"{v:.3f}"
+    if style == "int":
+        return f"{v:,.0f}" if float(v).is_integer() or abs(v) >= 100 else f"{v:.1f}"
+    if style == "seconds":
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+    if style == "load":
+        return f"{v:.1f}"
+    # rate / sig3: 3 significant digits, thousands separated
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(v)))))
+    return f"{v:.{digits}f}" if abs(v) >= 1e-3 else f"{v:.2e}"
+
+
+def format_value(key: str, value: Any, std: Any = None) -> str:
+    """``value`` of result key ``key`` as text, with " ± std" when a std is given: FID 1 decimal,
+    KID in scientific notation (its scale depends on the extractor: 4.85e+06 or 1.20e-03), IS
+    2 decimals, precision/recall/memorised as %, bits/dim and nats 3 decimals, counts as integers.
+    None or a non-finite number: "–"; text passes through."""
     if value is None:
         return "–"
-    if isinstance(value, float):
-        text = f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
-        if std:
-            text += f" ± {std:.2g}"
-        return text
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if not math.isfinite(value):
+        return "–"
+    style = _style(key)
+    text = _number(style, float(value)) if not (style == "int" and isinstance(value, int)) else f"{value:,}"
+    if std is not None and not isinstance(std, bool) and isinstance(std, int | float) and math.isfinite(std):
+        text += f" ± {_number(style, float(std))}"
+    return text
+
+
+def format_interval(key: str, ci: Any) -> str:
+    """A 95% interval as "[low, high]" in the key's format; "–" without one (a single seed)."""
+    if not ci:
+        return "–"
+    return f"[{format_value(key, ci[0])}, {format_value(key, ci[1])}]"
+
+
+def format_cell(row: dict[str, Any], key: str) -> str:
+    """The table cell of ``key`` in ``row``: mean ± std, or the reason there is no number (the GAN's
+    bits/dim: "no likelihood" rather than a blank)."""
+    if key == "bpd" and row.get("bpd") is None and str(row.get("likelihood") or "").startswith("none"):
+        return NO_LIKELIHOOD
+    return format_value(key, row.get(key), row.get(f"{key}_std"))
+
+
+def column_title(key: str) -> str:
+    """A column header with its direction (↓ lower is better, ↑ higher) and unit."""
+    info = METRIC_INFO.get(key)
+    if info is None:
+        return key
+    arrow = {True: " ↓", False: " ↑", None: ""}[info.lower_is_better]
+    return info.title + arrow + (f" ({info.unit})" if info.unit else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     samplers = sorted({k for r in rows for k in (r.get("sampling_images_per_second") or {})})
+    extra = [k for k in EXTRA_COLUMNS if any(r.get(k) is not None for r in rows if r.get("kind") == "family")]
     head = [
         "family",
-        *[title + (" ↓" if low else " ↑") for _, title, low in METRICS],
+        *[column_title(k) for k, _, _ in METRICS],
+        *[column_title(k) for k in extra],
         "params",
         "train img/s",
         "train s",
         "images seen",
+        "CPU s",
+        "load / cores",
         *[f"sample img/s ({s})" for s in samplers],
         "status",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        load = "–"
+        if r.get("load_avg") is not None:
+            load = format_value("load_avg", r["load_avg"]) + (f" / {r['cpu_count']}" if r.get("cpu_count") else "")
+        status = r["status"] + (f" ({'; '.join(r['errors'])})" if r.get("errors") else "")
+        if r.get("load_warning"):
+            status += " ⚠ loaded machine"
         cells = [
             r["family"],
-            *[_fmt(r.get(k), r.get(f"{k}_std")) for k, _, _ in METRICS],
-            _fmt(r.get("num_parameters")),
-            _fmt(r.get("train_images_per_second")),
-            _fmt(r.get("train_seconds")),
-            _fmt(r.get("images_seen")),
-            *[_fmt((r.get("sampling_images_per_second") or {}).get(s)) for s in samplers],
-            r["status"] + (f" ({'; '.join(r['errors'])})" if r.get("errors") else ""),
+            *[format_cell(r, k) for k, _, _ in METRICS],
+            *[format_cell(r, k) for k in extra],
+            format_value("num_parameters", r.get("num_parameters")),
+            format_value("train_images_per_second", r.get("train_images_per_second")),
+            format_value("train_seconds", r.get("train_seconds")),
+            format_value("images_seen", r.get("images_seen")),
+            format_value("cpu_seconds", r.get("cpu_seconds")),
+            load,
+            *[
+                format_value("sample_images_per_second", (r.get("sampling_images_per_second") or {}).get(s))
+                for s in samplers
+            ],
+            status,
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    notes = [f"- {r['family']}: {r['load_warning']}" for r in rows if r.get("load_warning")]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def write_leaderboard(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
@@ -121,6 +403,9 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Pa
         flat_row = {k: v for k, v in r.items() if not isinstance(v, dict | list)}
         for sampler, ips in (r.get("sampling_images_per_second") or {}).items():
             flat_row[f"sampling_images_per_second[{sampler}]"] = ips
+        for key in METRIC_INFO:
+            if r.get(f"{key}_ci"):
+                flat_row[f"{key}_ci_low"], flat_row[f"{key}_ci_high"] = r[f"{key}_ci"]
         flat_row["seeds"] = " ".join(map(str, r.get("seeds", [])))
         flat_row["errors"] = " | ".join(r.get("errors", []))
         flat.append(flat_row)

@@ -1,4 +1,9 @@
-"""The report's plots (matplotlib, Agg backend: no display needed)."""
+"""The report's plots (matplotlib, Agg backend: no display needed).
+
+Every axis goes through :func:`tidy_axis`: matplotlib's default formatter turns a nearly constant
+series (an IS of 1.0000004 on every point) into tick labels like "1e-5+1", an offset and a
+scale the reader has to decode. Ticks here are plain numbers, and a range too narrow to show
+anything but noise is widened around its value."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter  # noqa: E402
 
 from genbench.report.collect import RunResult  # noqa: E402
 from genbench.report.leaderboard import METRICS  # noqa: E402
@@ -19,25 +25,74 @@ def _colour(family: str) -> str:
     return COLOURS.get(family, "tab:gray")
 
 
+class PlainFormatter(ScalarFormatter):
+    """Tick labels as plain numbers: no offset ("1e-5+1"), no scientific notation, thousands
+    separated from 10,000 up (a KID of 10,000,000 reads as such)."""
+
+    def __init__(self) -> None:
+        super().__init__(useOffset=False)
+        self.set_scientific(False)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:,.0f}" if abs(x) >= 1e4 else super().__call__(x, pos)
+
+
+def _log_label(x: float, pos: int | None = None) -> str:
+    return f"{x:,.0f}" if x >= 1 else f"{x:g}"
+
+
+def tidy_axis(ax, values: list[float] | None = None, min_span: float = 1e-3) -> None:
+    """Plain tick labels on both axes of ``ax`` (:class:`PlainFormatter`; log axes as "2", "50",
+    "1,000" instead of "2x10^0"); where the y ``values`` span less than ``min_span`` of their
+    magnitude, the y range is widened to +-1 % of it (at least +-0.01) so a constant series reads
+    as the constant it is."""
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "linear":
+            axis.set_major_formatter(PlainFormatter())
+        elif scale == "log":
+            low, high = axis.get_view_interval()
+            axis.set_major_formatter(FuncFormatter(_log_label))
+            # within one decade matplotlib labels only minor ticks, as "3x10^0": label them plainly
+            axis.set_minor_formatter(FuncFormatter(_log_label) if low > 0 and high / low < 10 else NullFormatter())
+    finite = [float(v) for v in values or [] if v is not None and v == v and abs(v) != float("inf")]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        scale = max(abs(lo), abs(hi))
+        if hi - lo <= min_span * max(scale, 1e-12):
+            half = max(0.01 * scale, 0.01)
+            centre = (lo + hi) / 2
+            ax.set_ylim(centre - half, centre + half)
+
+
 def metrics_during_training(
     runs: list[RunResult], path: Path, x_key: str = "train_seconds", x_label: str = "training seconds"
 ) -> Path | None:
     """Each metric against training time (or images seen), one line per run, coloured by family."""
     runs = [r for r in runs if r.status == "ok" and any(x_key in h for h in r.history)]
-    if not runs:
+    metrics = [m for m in METRICS if any(h.get(m[0]) is not None for r in runs for h in r.history if x_key in h)]
+    if not runs or not metrics:
         return None
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
+    ncols = min(3, len(metrics))  # at most three panels a row: readable at the report's width
+    nrows = -(-len(metrics) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in grid.flat[len(metrics) :]:
+        ax.remove()
+    axes = list(grid.flat[: len(metrics)])
     seen = set()
+    values: dict[str, list[float]] = {key: [] for key, _, _ in metrics}
     for run in runs:
-        points = sorted((h[x_key], h) for h in run.history if x_key in h)
-        for ax, (key, title, low) in zip(axes, METRICS, strict=True):
+        points = sorted(((h[x_key], h) for h in run.history if x_key in h), key=lambda p: p[0])
+        for ax, (key, title, low) in zip(axes, metrics, strict=True):
             xs = [x for x, h in points if h.get(key) is not None]
             ys = [h[key] for _, h in points if h.get(key) is not None]
+            values[key] += ys
             label = run.family if run.family not in seen else None
             ax.plot(xs, ys, marker="o", color=_colour(run.family), label=label, alpha=0.85)
             ax.set_title(f"{title} ({'lower' if low else 'higher'} is better)")
             ax.set_xlabel(x_label)
         seen.add(run.family)
+    for ax, (key, _, _) in zip(axes, metrics, strict=True):
+        tidy_axis(ax, values[key])
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -65,6 +120,9 @@ def _sampler_points(runs: list[RunResult]) -> list[tuple[str, str, int, float, d
 
 def _save_log_x(fig, ax, path: Path, x_label: str, metric: str, title: str) -> Path:
     ax.set_xscale("log")
+    ys = [float(y) for line in ax.get_lines() for y in line.get_ydata()]
+    ys += [float(xy[1]) for c in ax.collections for xy in c.get_offsets()]  # scatter points
+    tidy_axis(ax, ys)
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric.removeprefix("eval/").upper())
     ax.set_title(title)

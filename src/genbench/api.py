@@ -1,0 +1,175 @@
+"""A small Python API for notebooks: compose, train, load, sample, evaluate.
+
+The command-line tools are thin Hydra entry points; these functions are the same steps without a
+command line, for a notebook or a script::
+
+    from genbench import api
+
+    cfg = api.compose(["model=vae", "data=synthetic", "debug=fast"])
+    run = api.train(cfg)                         # run.run_dir, run.metrics, run.checkpoint
+    model = api.load(run.checkpoint)             # the family comes from the checkpoint
+    images = api.sample(model, 16, seed=0)       # uint8 (16, C, H, W)
+    metrics = api.evaluate(model, num_samples=256)
+
+Each function reuses what the command line runs (``genbench.train.train``,
+``genbench.models.load_model_from_checkpoint``, ``genbench.metrics.Evaluator``), so a notebook's
+numbers are the command line's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genbench import CONFIG_DIR
+from genbench.errors import GenbenchError
+
+#: the samplers ``sample(..., sampler=<name>)`` knows (conf/sampler/<name>.yaml)
+SAMPLERS = ("ddim", "ancestral")
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns: the run directory, the final metrics (as in its metrics.json)
+    and the checkpoint to load or resume (``<run>/checkpoints/last.ckpt``; None without one)."""
+
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def _compose(overrides: Sequence[str], config_name: str) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as e:  # a typo in an override: Hydra's own message says which
+        raise GenbenchError(f"Cannot compose {config_name} with {list(overrides)}: {e}") from e
+
+
+def compose(
+    overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None
+) -> DictConfig:
+    """The config a command line with these overrides gets (``config_name``: train, eval,
+    benchmark), ready for :func:`train` or ``genbench.evaluate.evaluate``.
+
+    Outside ``@hydra.main`` nothing sets ``paths.output_dir`` (Hydra's ``runtime.output_dir``):
+    here it becomes ``output_dir`` when given, else a fresh run directory claimed as the command
+    line claims its own (``outputs/<task>/runs/<time>`` under ``$GENBENCH_ROOT`` or the current
+    directory)."""
+    from genbench.train import ensure_output_dir
+
+    cfg = _compose(overrides, config_name)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(output_dir).absolute())
+    ensure_output_dir(cfg)
+    return cfg
+
+
+def train(cfg: DictConfig) -> Run:
+    """Fit one model as ``genbench-train`` does (checkpoints, sample grids, metrics.json in the run
+    directory) and say where it went."""
+    from genbench.checkpointing import LAST
+    from genbench.train import ensure_output_dir
+    from genbench.train import train as train_run
+
+    run_dir = ensure_output_dir(cfg)
+    metrics = train_run(cfg)
+    last = run_dir / "checkpoints" / LAST
+    return Run(run_dir=run_dir, metrics=metrics, checkpoint=last if last.is_file() else None)
+
+
+def load(path: str | Path | Run, device: str | torch.device = "cpu") -> Any:
+    """A trained model from a checkpoint, a run directory (its ``checkpoints/last.ckpt``) or a
+    :class:`Run`, in eval mode on ``device``. The family and architecture come from the checkpoint."""
+    from genbench.checkpointing import LAST
+    from genbench.models import load_model_from_checkpoint
+
+    if isinstance(path, Run):
+        path = path.checkpoint or path.run_dir
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / LAST
+    return load_model_from_checkpoint(path, device)
+
+
+def _sampler(model: Any, sampler: Any, sampler_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``sample()``'s keyword: a Sampler, or one built from its name and kwargs."""
+    if sampler is None and not sampler_kwargs:
+        return {}
+    if not getattr(model, "supports_samplers", False):
+        raise GenbenchError(f"A {model.family} has one way to sample: leave out sampler= (only the DDPM has samplers).")
+    if isinstance(sampler, str):
+        from genbench.diffusion import AncestralSampler, DDIMSampler
+
+        classes = {"ddim": DDIMSampler, "ancestral": AncestralSampler}
+        if sampler not in classes:
+            raise GenbenchError(f"Unknown sampler '{sampler}': use one of {', '.join(SAMPLERS)} (or a Sampler).")
+        sampler = classes[sampler](**sampler_kwargs)
+    elif sampler_kwargs:
+        raise GenbenchError(f"Sampler settings {dict(sampler_kwargs)} need sampler=<name> ({', '.join(SAMPLERS)}).")
+    return {"sampler": sampler}
+
+
+def sample(model: Any, n: int, seed: int = 0, sampler: Any = None, **sampler_kwargs: Any) -> torch.Tensor:
+    """``n`` images as uint8 (n, C, H, W) on the CPU, from a generator seeded with ``seed`` (the
+    same images on every call). DDPM only: ``sampler="ddim", steps=50`` (or ``"ancestral"``, or a
+    Sampler object); None: the model's own sampler."""
+    from genbench.metrics import sample_uint8
+
+    kwargs = _sampler(model, sampler, sampler_kwargs)
+    return sample_uint8(model, n, torch.Generator().manual_seed(seed), **kwargs)
+
+
+def evaluate(
+    source: Any,
+    data: str | Any | None = None,
+    num_samples: int = 1000,
+    seed: int = 0,
+    sampler: Any = None,
+    cache_dir: str | Path | None = None,
+    **metrics: Any,
+) -> dict[str, Any]:
+    """FID, KID, IS, precision/recall of a model (``num_samples`` samples drawn with ``seed`` and
+    ``sampler``) or of uint8 images, against ``data``'s ``metrics.split`` (default test), through the
+    same :class:`~genbench.metrics.Evaluator` as the command line; returns its flat result dict
+    (``fid``, ``kid_mean``, ``is_mean``, ``precision``, ``recall``, ``num_samples``, ``extractor``...).
+
+    ``data``: a dataset name (conf/data/<name>.yaml), a datamodule, or None for the model's own
+    (from its checkpoint). ``metrics``: any ``metrics`` setting (``kid_subsets=10``,
+    ``extractor="in-domain"``, ``extractor_training={...}``) over conf/metrics/default.yaml.
+    ``cache_dir``: where the in-domain extractor and the real features are cached (default
+    ``paths.cache_dir``)."""
+    from genbench.config import build
+    from genbench.metrics import Evaluator, MetricsConfig, check_images
+
+    cfg = _compose([f"data={data}"] if isinstance(data, str) else [], "eval")
+    if isinstance(data, str):
+        datamodule = build(cfg.data, f"datamodule '{data}'")
+    elif data is not None:
+        datamodule = data
+    else:
+        stored = (getattr(source, "genbench_config", None) or {}).get("data")
+        if not stored:
+            raise GenbenchError("evaluate() needs data=<dataset name or datamodule> (images carry no dataset).")
+        datamodule = build(OmegaConf.create(stored), "datamodule")
+    images = check_images(source, "images") if isinstance(source, torch.Tensor) else None
+    n = len(images) if images is not None else num_samples
+    settings = {**OmegaConf.to_container(cfg.metrics, resolve=True), **metrics, "num_samples": n}
+    mcfg = MetricsConfig.from_mapping(settings)
+    evaluator = Evaluator.for_datamodule(datamodule, mcfg, cache_dir=cache_dir or cfg.paths.cache_dir, progress=False)
+    if images is None:  # the extractor exists now: a bad setting fails before the sampling
+        images = sample(source, n, seed, sampler)
+    return evaluator.evaluate(images)
+
+
+__all__ = ["SAMPLERS", "Run", "compose", "evaluate", "load", "sample", "train"]

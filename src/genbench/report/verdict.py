@@ -1,0 +1,249 @@
+"""The verdict: which family wins on which axis, in sentences generated from the numbers.
+
+Axes: quality (FID), diversity/coverage (recall, classes covered, class KL), likelihood (bits/dim),
+sampling cost (images/s of the evaluated sampler), training cost to reach a given FID, stability
+(spread of FID over seeds). A family wins an axis *clearly* only when its 95% interval over seeds
+does not overlap the runner-up's; otherwise the sentence says "no clear winner" and names the
+families whose intervals overlap the leader's. With a single seed there is no interval: the
+sentence gives the order and says it comes from one seed and is uncertain. A family without the
+measure is named with the reason (the GAN has no likelihood; a metric not computed says so).
+
+Nothing here is hard-coded prose about the families: change the numbers and the verdict changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from genbench.report.collect import RunResult
+from genbench.report.leaderboard import CONFIDENCE, METRIC_INFO, format_value, summarize
+
+ONE_SEED = "from one seed, so uncertain (run seeds=[0,1,2] for 95% intervals)"
+
+
+@dataclass
+class Entry:
+    """One family's value on an axis: the mean over seeds, its 95% interval (None: one seed)."""
+
+    family: str
+    value: float
+    ci: list[float] | None
+    n: int
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _family_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("kind", "family") == "family" and r.get("status") != "failed"]
+
+
+def _entries(rows: list[dict[str, Any]], key: str) -> tuple[list[Entry], list[dict[str, Any]]]:
+    have, missing = [], []
+    for r in _family_rows(rows):
+        v = r.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            have.append(Entry(r["family"], float(v), r.get(f"{key}_ci"), int(r.get(f"{key}_n") or 1)))
+        else:
+            missing.append(r)
+    return have, missing
+
+
+def _missing_reason(row: dict[str, Any], key: str) -> str:
+    if key.startswith("bpd") and str(row.get("likelihood") or "").startswith("none"):
+        return f"{row['family']} has no likelihood ({row['likelihood'].removeprefix('none').strip(' ()')})"
+    return f"{row['family']} has no `{key}` in its evaluation results (not computed for it)"
+
+
+def rank(entries: list[Entry], lower_is_better: bool, fmt: Callable[[float], str], unit: str = "") -> str:
+    """The ranking sentence body for ``entries`` (at least one): the order with values, and whether
+    the leader is a clear winner (its interval clear of every other), tied (overlapping intervals:
+    "no clear winner") or uncertain (a single seed, no interval)."""
+    ordered = sorted(entries, key=lambda e: e.value if lower_is_better else -e.value)
+
+    def show(e: Entry) -> str:
+        # a zero-width interval (every seed gave the same value) is shown as the value alone
+        ci = f" [{fmt(e.ci[0])}, {fmt(e.ci[1])}]" if e.ci and e.ci[0] != e.ci[1] else ""
+        return f"{e.family} {fmt(e.value)}{ci}{unit}"
+
+    listing = ", ".join(show(e) for e in ordered)
+    if len(ordered) == 1:
+        return f"only {show(ordered[0])} has it"
+    if any(e.ci is None for e in ordered[:2]):
+        return f"{ordered[0].family} leads ({listing}), {ONE_SEED}"
+    best = ordered[0]
+    tied = [e for e in ordered[1:] if e.ci is not None and _overlap(best.ci, e.ci)]  # type: ignore[arg-type]
+    if tied:
+        names = ", ".join([best.family, *(e.family for e in tied)])
+        return f"no clear winner between {names}: their {CONFIDENCE:.0%} intervals overlap ({listing})"
+    return f"{best.family} wins clearly: its {CONFIDENCE:.0%} interval is clear of the others' ({listing})"
+
+
+def _metric_sentence(rows: list[dict[str, Any]], key: str, label: str) -> str:
+    info = METRIC_INFO[key]
+    direction = "lower" if info.lower_is_better else "higher"
+    have, missing = _entries(rows, key)
+    reasons = "; ".join(_missing_reason(r, key) for r in missing)
+    if not have:
+        return f"{label}: no ranking: no family has {info.title} ({reasons or 'no families'})."
+    body = rank(have, bool(info.lower_is_better), lambda v: format_value(key, v))
+    return f"{label} ({info.title}, {direction} is better): {body}" + (f"; {reasons}" if reasons else "") + "."
+
+
+def _diversity_sentence(rows: list[dict[str, Any]]) -> str:
+    parts, absent = [], []
+    for key in ("recall", "classes_covered", "class_kl"):
+        have, missing = _entries(rows, key)
+        if not have:
+            absent.append(METRIC_INFO[key].title)
+            continue
+        info = METRIC_INFO[key]
+        body = rank(have, bool(info.lower_is_better), lambda v, k=key: format_value(k, v))
+        extra = f" ({'; '.join(_missing_reason(r, key) for r in missing)})" if missing else ""
+        parts.append(f"by {info.title} ({'lower' if info.lower_is_better else 'higher'} is better) {body}{extra}")
+    if not parts:
+        return "Diversity/coverage: no ranking: no family has recall, classes covered or class KL in its evaluation."
+    tail = f"; {', '.join(absent)} not computed" if absent else ""
+    return "Diversity/coverage: " + "; ".join(parts) + tail + "."
+
+
+def _sampling_sentence(rows: list[dict[str, Any]]) -> str:
+    have, missing = _entries(rows, "sample_images_per_second")
+    reasons = "; ".join(f"{r['family']} has no sampling.json (no SamplingBenchmark callback)" for r in missing)
+    if not have:
+        return f"Sampling cost: no ranking: no family's sampling speed was measured ({reasons or 'no families'})."
+    samplers = {r["family"]: r.get("sampler") for r in _family_rows(rows)}
+    body = rank(have, False, lambda v: format_value("sample_images_per_second", v), " img/s")
+    used = ", ".join(f"{f}: {s}" for f, s in samplers.items() if s and f in {e.family for e in have})
+    return (
+        f"Sampling cost (images/s of the evaluated sampler, higher is better; {used}): {body}"
+        + (f"; {reasons}" if reasons else "")
+        + "."
+    )
+
+
+def training_cost_to_fid(
+    runs: list[RunResult], threshold: float | None = None
+) -> tuple[float | None, dict[str, list[dict[str, Any]]]]:
+    """Images seen, training and CPU seconds at each run's first evaluation with FID at or below
+    ``threshold``; by default the worst final FID of any successful run, so that every run reaches
+    it and the question is only how soon. Returns (threshold, {family: [one dict per run]}); a run
+    that never reaches it has ``images_seen`` None."""
+
+    def curve(run: RunResult) -> list[dict[str, Any]]:
+        # the evaluations during training (they carry images_seen); a later genbench-eval has none
+        points = [h for h in run.history if h.get("fid") is not None and h.get("images_seen") is not None]
+        return sorted(points, key=lambda h: h["images_seen"])
+
+    ok = [r for r in runs if r.status == "ok" and curve(r)]
+    if not ok:
+        return None, {}
+    if threshold is None:
+        threshold = max(float(curve(r)[-1]["fid"]) for r in ok)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        points = curve(r)
+        hit = next((h for h in points if float(h["fid"]) <= threshold + 1e-9), None)
+        out.setdefault(r.family, []).append(
+            {
+                "seed": r.seed,
+                "images_seen": hit.get("images_seen") if hit else None,
+                "train_seconds": hit.get("train_seconds") if hit else None,
+                "cpu_seconds": hit.get("cpu_seconds") if hit else None,
+            }
+        )
+    return threshold, out
+
+
+def _training_cost_sentence(runs: list[RunResult]) -> str:
+    threshold, per_family = training_cost_to_fid(runs)
+    if threshold is None:
+        return "Training cost to reach a given FID: no ranking: no run has an evaluation history with FID."
+    entries, notes = [], []
+    for family, results in per_family.items():
+        reached = [x for x in results if x["images_seen"] is not None]
+        if len(reached) < len(results):
+            notes.append(f"{family}: {len(results) - len(reached)} of {len(results)} seeds never reached it")
+        if reached:
+            s = summarize([x["images_seen"] for x in reached], bounds=(0.0, None))
+            entries.append(Entry(family, s["mean"], s["ci"], s["n"]))
+    if not entries:
+        return f"Training cost to reach FID {threshold:.1f}: no run reached it."
+    seconds = {
+        f: summarize([x["train_seconds"] for x in res if x["images_seen"] is not None])["mean"]
+        for f, res in per_family.items()
+    }
+    secs = ", ".join(f"{f} {format_value('train_seconds', s)} s" for f, s in seconds.items() if s is not None)
+    body = rank(entries, True, lambda v: format_value("images_seen", v), " images")
+    return (
+        f"Training cost to reach FID {threshold:.1f} (the worst final FID of any run, so every run gets there; "
+        f"training images seen at the first evaluation at or below it, fewer is better): {body}"
+        + (f"; training seconds: {secs}" if secs else "")
+        + (f"; {'; '.join(notes)}" if notes else "")
+        + "."
+    )
+
+
+def _cv_interval(std: float, mean: float, n: int) -> list[float]:
+    """A 95% interval of the coefficient of variation std/|mean| from the chi-square interval of
+    the standard deviation (the mean's own uncertainty is ignored: a first-order interval)."""
+    from scipy.stats import chi2
+
+    lo = std * math.sqrt((n - 1) / chi2.ppf(0.5 + CONFIDENCE / 2, n - 1))
+    hi = std * math.sqrt((n - 1) / chi2.ppf(0.5 - CONFIDENCE / 2, n - 1))
+    return [lo / abs(mean), hi / abs(mean)]
+
+
+def _stability_sentence(rows: list[dict[str, Any]]) -> str:
+    entries, few = [], []
+    for r in _family_rows(rows):
+        std, mean, n = r.get("fid_std"), r.get("fid"), int(r.get("fid_n") or 0)
+        if std is None or not mean or n < 2:
+            few.append(r["family"])
+            continue
+        entries.append(Entry(r["family"], std / abs(mean), _cv_interval(std, mean, n), n))
+    if not entries:
+        return (
+            "Stability: no ranking: the spread over seeds needs at least two seeds per family "
+            f"({', '.join(few) or 'no family'} had fewer; run seeds=[0,1,2])."
+        )
+    body = rank(entries, True, lambda v: f"{100 * v:.1f}%")
+    tail = f"; {', '.join(few)}: fewer than two seeds, no spread" if few else ""
+    return f"Stability (coefficient of variation of FID over seeds, lower is better): {body}{tail}."
+
+
+def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
+    """One sentence per axis (quality, diversity/coverage, likelihood, sampling cost, training cost
+    to reach a given FID, stability), and a last one when a time budget ran on a loaded machine.
+    ``rows`` from :func:`~genbench.report.leaderboard.build_leaderboard`; ``runs`` for the
+    evaluation histories (training cost)."""
+    if not _family_rows(rows):
+        return ["No verdict: no family finished a run."]
+    sentences = [
+        _metric_sentence(rows, "fid", "Quality"),
+        _diversity_sentence(rows),
+        _metric_sentence(rows, "bpd", "Likelihood"),
+        _sampling_sentence(rows),
+        _training_cost_sentence(runs),
+        _stability_sentence(rows),
+    ]
+    failed = [r["family"] for r in rows if r.get("kind", "family") == "family" and r.get("status") == "failed"]
+    if failed:
+        sentences.append(f"Not ranked: {', '.join(failed)} (no run finished; see the status column).")
+    loaded = [r for r in _family_rows(rows) if r.get("load_warning")]
+    if loaded:
+        sentences.append(
+            "Caution: "
+            + "; ".join(
+                f"{r['family']} trained under a time budget with load {format_value('load_avg', r['load_avg'])} "
+                f"on {r['cpu_count']} cores"
+                for r in loaded
+            )
+            + ": its images seen and quality reflect the machine's load, not only the model "
+            "(an image-count budget, budget=cpu_images, is reproducible)."
+        )
+    return sentences
