@@ -245,3 +245,29 @@ def test_benchmark_logs_each_family_and_ends_with_a_summary(tmp_path: Path) -> N
     assert r.stdout.count("genbench-benchmark: done") == 1 and "genbench-benchmark: done" in text
     assert re.search(rf"report \(html\) +: {re.escape(str(out / 'report.html'))}", r.stdout), r.stdout
     assert "vae" in r.stdout and "FAILED: 0 done, 1 failed" in r.stdout
+
+
+def test_genbench_eval_logs_into_the_runs_own_wandb_run(job: tuple[Path, str, str]) -> None:
+    """One results path on the dashboard too: genbench-eval resumes the run's W&B run by its id."""
+    run, _, _ = job
+    run_id = (run / "wandb_run_id").read_text().strip()
+    r = run_cli(
+        "genbench.evaluate",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "metrics.num_samples=64",
+        "metrics.kid_subsets=5",
+        "metrics.kid_subset_size=32",
+        "metrics.isc_splits=2",
+        "metrics.memorisation.enabled=false",
+        "metrics.likelihood.num_images=16",
+        "metrics.likelihood.iwae_k=4",
+        "latent_grids=false",
+        "+metrics.extractor_training={epochs: 1, width: 8, feature_dim: 16, min_steps: 20}",
+        f"paths.cache_dir={run.parent / 'cache'}",
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    runs = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 2, runs  # the training's and the evaluation's, one W&B run id
+    (record,) = runs[-1].glob("run-*.wandb")
+    data = record.read_bytes()
+    assert b"eval/fid" in data and b"genbench-eval" in data

@@ -233,6 +233,43 @@ def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     return result, out
 
 
+def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
+    """Add genbench-eval's scalars to the W&B run of the checkpoint's training run, when it had
+    one (``<run>/wandb_run_id``, written by genbench.loggers): the run is resumed by its id, with
+    the project and entity it was trained with, offline without credentials. So the dashboard
+    holds a run's numbers whichever path computed them. Returns the W&B run id, or None."""
+    run_dir = ckpt_path.parent.parent
+    id_file = run_dir / "wandb_run_id"
+    if not id_file.is_file() or not id_file.read_text().strip():
+        return None
+    import wandb
+    import yaml
+
+    from genbench.loggers import wandb_mode
+
+    config = {}
+    if (run_dir / "config_resolved.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text()) or {}
+    conf = ((config.get("logger") or {}).get("wandb")) or {}
+    mode = wandb_mode()
+    run = wandb.init(
+        id=id_file.read_text().strip(),
+        resume="allow",
+        project=conf.get("project") or "genbench",
+        entity=conf.get("entity"),
+        dir=str(run_dir),
+        job_type="eval",
+        **({"mode": mode} if mode else {}),
+    )
+    try:
+        run.log({**scalar_results(result, "eval/"), "trainer/global_step": result.get("step") or 0})
+        run.summary.update({"eval/source": "genbench-eval", "eval/ckpt": result.get("ckpt")})
+        log.info("Logged the evaluation to W&B run %s (%s).", run.id, run.settings.mode)
+    finally:
+        run.finish()
+    return run.id
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation the config asks for and append the result to its metrics.json.
 
@@ -253,6 +290,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     append_result(out, result)
     result["metrics_json"] = str(out)
+    if result.get("source") == "genbench-eval":
+        result["wandb_run_id"] = log_to_run_wandb(Path(str(cfg.ckpt_path)).expanduser(), result)
     log.info("%s -> %s", json.dumps(scalar_results(result)), out)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return result
