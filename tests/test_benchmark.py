@@ -117,6 +117,8 @@ def test_compare_rebuilds_the_same_leaderboard(tiny_benchmark: Path, tmp_path: P
     assert rebuilt == original
     assert (tmp_path / "cmp" / "report.html").is_file()
     assert len(find_runs([runs[0]])) == 1
+    # the benchmark's summary says `genbench-compare <out>/runs`: a directory of sweeps works too
+    assert sorted(r.family for r in find_runs([tiny_benchmark / "runs"])) == ["ddpm", "gan", "vae"]
 
 
 def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> None:

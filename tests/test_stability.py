@@ -302,3 +302,23 @@ def test_budget_progress_and_resume_state_carry_cpu_and_load() -> None:
 def test_image_budget_must_be_a_positive_whole_number(bad: Any) -> None:
     with pytest.raises(GenbenchError, match="callbacks.budget.max_images must be a positive whole number"):
         TrainingBudget(max_images=bad)
+
+
+def test_verdict_calls_equal_values_level_not_a_lead() -> None:
+    from genbench.report.verdict import Entry, rank
+
+    entries = [Entry("gan", 10.0, None, 1), Entry("vae", 10.0, None, 1), Entry("ddpm", 8.0, None, 1)]
+    body = rank(entries, lower_is_better=False, fmt=lambda v: f"{v:g}")
+    assert body == "no clear winner: gan and vae are level (gan 10, vae 10, ddpm 8)"
+    assert "leads" not in body
+
+
+def test_a_run_that_fills_its_own_cores_is_not_flagged_as_loaded() -> None:
+    """The load average counts the run's own threads: load 2.1 from a 2-thread run on 2 cores is
+    the run itself; 3.0 means others took a third of the machine."""
+    from genbench.report.leaderboard import _load_warning
+
+    row = {"budget_kind": "time", "cpu_count": 2}
+    assert _load_warning({**row, "load_avg": 2.1}) is None
+    assert "load 3.0 on 2 cores" in _load_warning({**row, "load_avg": 3.0})
+    assert _load_warning({**row, "budget_kind": "images", "load_avg": 30.0}) is None

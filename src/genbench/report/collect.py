@@ -175,8 +175,21 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
         if is_run_dir(p) and not (p / "multirun.yaml").exists():
             runs.append(load_run(p))
             continue
-        children = sorted((c for c in p.iterdir() if c.is_dir() and is_run_dir(c)), key=lambda c: (len(c.name), c.name))
+        children = _run_dirs_below(p, depth=2)
         if not children:
             raise GenbenchError(f"{p} holds no run directories (none has config_resolved.yaml or failed.json).")
         runs.extend(load_run(c) for c in children)
     return runs
+
+
+def _run_dirs_below(root: Path, depth: int) -> list[Path]:
+    """Run directories under ``root``: its children, or (for a directory of sweeps such as a
+    benchmark's ``runs/`` with ``<family>/<job>``) their children, down to ``depth`` levels;
+    never inside a run directory. Sweep jobs in numeric order (2 before 10)."""
+    found: list[Path] = []
+    for child in sorted((c for c in root.iterdir() if c.is_dir()), key=lambda c: (len(c.name), c.name)):
+        if is_run_dir(child):
+            found.append(child)
+        elif depth > 1:
+            found += _run_dirs_below(child, depth - 1)
+    return found

@@ -170,11 +170,17 @@ def _first(values: Any) -> Any:
     return next((v for v in values if v not in (None, "")), None)
 
 
+#: a time budget's run is flagged when the mean load exceeded this many times the cores
+LOAD_TOLERANCE = 1.25
+
+
 def _load_warning(row: dict[str, Any]) -> str | None:
     """A time budget measures the machine as much as the model: on a machine loaded above its cores
-    each family got only part of a core, and not the same part (issue #12.6)."""
+    each family got only part of a core, and not the same part (issue #12.6). The load average
+    counts the run's own threads too (a run using every core alone makes load ~= cores), so only
+    a load beyond :data:`LOAD_TOLERANCE` x cores, i.e. others taking a real share, is flagged."""
     load, cores = row.get("load_avg"), row.get("cpu_count")
-    if row.get("budget_kind") != "time" or load is None or not cores or load <= cores:
+    if row.get("budget_kind") != "time" or load is None or not cores or load <= LOAD_TOLERANCE * cores:
         return None
     return (
         f"time budget ran with mean load {load:.1f} on {int(cores)} cores: this family had about "

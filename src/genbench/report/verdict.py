@@ -73,6 +73,9 @@ def rank(entries: list[Entry], lower_is_better: bool, fmt: Callable[[float], str
     listing = ", ".join(show(e) for e in ordered)
     if len(ordered) == 1:
         return f"only {show(ordered[0])} has it"
+    level = [e for e in ordered if e.value == ordered[0].value]
+    if len(level) > 1:  # equal values (e.g. classes covered): nobody leads
+        return f"no clear winner: {' and '.join(e.family for e in level)} are level ({listing})"
     if any(e.ci is None for e in ordered[:2]):
         return f"{ordered[0].family} leads ({listing}), {ONE_SEED}"
     best = ordered[0]
