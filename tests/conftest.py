@@ -92,6 +92,20 @@ QUIET = [
 ]
 
 
+#: the smallest genbench-eval of a tiny checkpoint (64 samples, a tiny extractor trained on demand,
+#: no memorisation pass): for tests about where results go, not what they are
+TINY_EVAL = [
+    "metrics.num_samples=64",
+    "metrics.kid_subsets=5",
+    "metrics.kid_subset_size=32",
+    "metrics.isc_splits=2",
+    "metrics.memorisation.enabled=false",
+    "metrics.likelihood.num_images=16",
+    "metrics.likelihood.iwae_k=4",
+    "+metrics.extractor_training={epochs: 1, width: 8, feature_dim: 16, min_steps: 20}",
+]
+
+
 def vae_sweep(sweep: Path, *overrides: str, tiny: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """`genbench-train -m model=vae ...` with QUIET settings (and tiny networks) into ``sweep``."""
     return run_cli(

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import genbench.config  # noqa: F401 - registers the resolvers paths.root_dir uses
-from conftest import QUIET, compose_train
+from conftest import QUIET, TINY_EVAL, compose_train
 from genbench import CONFIG_DIR, PROJECT_ROOT
 
 # The environment of a user's shell: no repo-pointing variables, no user site, W&B offline.
@@ -145,17 +145,7 @@ def test_wheel_installed_in_a_fresh_venv_trains_from_an_empty_directory(tmp_path
 
     # 5. Evaluate that checkpoint and compare the run, still from the empty directory: the number
     # genbench-eval wrote is the one genbench-compare shows (one results path).
-    tiny_metrics = [
-        "metrics.num_samples=64",
-        "metrics.kid_subsets=5",
-        "metrics.kid_subset_size=32",
-        "metrics.isc_splits=2",
-        "metrics.memorisation.enabled=false",
-        "metrics.likelihood.num_images=16",
-        "metrics.likelihood.iwae_k=4",
-        "+metrics.extractor_training={epochs: 1, width: 8, feature_dim: 16, min_steps: 20}",
-    ]
-    r = _run([fresh / "bin" / "genbench-eval", f"ckpt_path={ckpt}", *tiny_metrics], work, timeout=300)
+    r = _run([fresh / "bin" / "genbench-eval", f"ckpt_path={ckpt}", *TINY_EVAL], work, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     latest = json.loads((ckpt.parent / "metrics.json").read_text())["latest"]
     assert latest["source"] == "genbench-eval" and latest["fid"] > 0

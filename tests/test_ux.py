@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from conftest import TINY, compose_train, run_cli
+from conftest import TINY, TINY_EVAL, compose_train, run_cli
 from genbench import CONFIG_DIR, GenbenchError
 from genbench.summary import format_summary
 
@@ -254,15 +254,8 @@ def test_genbench_eval_logs_into_the_runs_own_wandb_run(job: tuple[Path, str, st
     r = run_cli(
         "genbench.evaluate",
         f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-        "metrics.num_samples=64",
-        "metrics.kid_subsets=5",
-        "metrics.kid_subset_size=32",
-        "metrics.isc_splits=2",
-        "metrics.memorisation.enabled=false",
-        "metrics.likelihood.num_images=16",
-        "metrics.likelihood.iwae_k=4",
+        *TINY_EVAL,
         "latent_grids=false",
-        "+metrics.extractor_training={epochs: 1, width: 8, feature_dim: 16, min_steps: 20}",
         f"paths.cache_dir={run.parent / 'cache'}",
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
