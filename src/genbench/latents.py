@@ -15,11 +15,13 @@ The sample-grid callback writes ``samples/interp_final.png`` (and, for the VAE,
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.io import encode_png
+from torchvision.utils import make_grid
 
 from genbench.data.base import to_unit_range
 from genbench.errors import GenbenchError
@@ -88,11 +90,15 @@ def interpolation_images(
     return model.decode_latents(interpolation_latents(model, n_rows, n_steps, generator, method), **decode_kwargs)
 
 
+def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """[-1, 1] images -> one [0, 1] grid image (C, H, W), square-ish by default."""
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+    return make_grid(images.float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=padding, pad_value=1.0)
+
+
 def to_grid_uint8(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """[-1, 1] images -> one uint8 grid image (C, H, W), ``nrow`` images per row, rounded as
     torchvision's ``save_image`` rounds."""
-    from genbench.callbacks.sample_grid import image_grid
-
     return image_grid(images, nrow=nrow).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
@@ -154,6 +160,7 @@ def write_latent_grids(
 
 __all__ = [
     "METHODS",
+    "image_grid",
     "interpolate",
     "interpolation_grid",
     "interpolation_images",

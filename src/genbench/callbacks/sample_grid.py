@@ -10,7 +10,6 @@ points evolving, and the global RNG streams of training are not touched.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -18,19 +17,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from genbench.diffusion import DDIMSampler
-from genbench.latents import INTERP, RECON, interpolation_grid, reconstruction_grid, save_png
+from genbench.latents import INTERP, RECON, image_grid, interpolation_grid, reconstruction_grid, save_png
 from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.train")
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
-    """[-1, 1] images -> one [0, 1] grid image (C, H, W), square-ish by default."""
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    return make_grid(images.float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=padding, pad_value=1.0)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
