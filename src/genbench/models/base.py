@@ -110,18 +110,25 @@ class GenerativeModel(pl.LightningModule):
         the chunks are joined outside it, so callers get an ordinary tensor they may modify in place."""
         if n < 1:
             raise GenbenchError(f"sample(n) needs n >= 1, got {n}.")
+        with torch.inference_mode():
+            chunks = self._in_chunks(n, lambda start, b: self._sample_batch(b, generator, **kwargs))
+        return torch.cat(chunks)
+
+    def _in_chunks(self, n: int, make: Callable[[int, int], torch.Tensor]) -> list[torch.Tensor]:
+        """``make(start, b)`` for chunks of ``sample_batch_size`` covering ``n`` images, in eval mode
+        (the module's mode is restored afterwards), each clamped to [-1, 1] as float, with a stop
+        request honoured between chunks: what ``sample()`` and ``decode_latents()`` share."""
         was_training = self.training
         self.eval()
         try:
             chunks = []
-            with torch.inference_mode():
-                for start in range(0, n, self.sample_batch_size):
-                    check_stop()
-                    b = min(self.sample_batch_size, n - start)
-                    chunks.append(self._sample_batch(b, generator, **kwargs).float().clamp(-1, 1))
+            for start in range(0, n, self.sample_batch_size):
+                check_stop()
+                b = min(self.sample_batch_size, n - start)
+                chunks.append(make(start, b).float().clamp(-1, 1))
         finally:
             self.train(was_training)
-        return torch.cat(chunks)
+        return chunks
 
     # --- latents: what interpolation grids walk through (genbench.latents) -------------------
     @property
@@ -145,17 +152,9 @@ class GenerativeModel(pl.LightningModule):
                 f"decode_latents needs latents shaped (n, {', '.join(map(str, self.latent_shape))}), "
                 f"got {tuple(z.shape)}."
             )
-        was_training = self.training
-        self.eval()
-        try:
-            chunks = []
-            for start in range(0, len(z), self.sample_batch_size):
-                check_stop()
-                batch = z[start : start + self.sample_batch_size].to(self.device)
-                chunks.append(self._decode_batch(batch, **kwargs).float().clamp(-1, 1))
-        finally:
-            self.train(was_training)
-        return torch.cat(chunks)
+        return torch.cat(
+            self._in_chunks(len(z), lambda start, b: self._decode_batch(z[start : start + b].to(self.device), **kwargs))
+        )
 
     def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise drawn on the generator's device, then moved to the module's: a
