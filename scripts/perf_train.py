@@ -18,6 +18,12 @@ rounds) and ``os.getloadavg()`` before and after. Torch runs with ``--threads`` 
 (default 1: on a loaded 2-core machine two threads wait on each other whenever another process
 holds a core). Results go to ``--out`` (JSON + markdown) and the markdown is printed.
 
+``--device cuda`` runs the same windows on a GPU (genbench with ``trainer=gpu`` at
+``--precision``, default fp32 on both sides): the clock is read after ``torch.cuda.synchronize()``
+and the losses stay on the GPU until the window ends, so neither side pays a per-step sync that a
+real training loop would not (on a GPU only the wall-clock ratio means anything; per CPU-second is
+reported but measures the host thread).
+
 The genbench side is ``genbench.train.train`` on the composed ``train`` config exactly as
 ``genbench-train model=<family>`` would build it (default callbacks and CSV logger; the evaluation
 callback is not in the default callbacks, so it is not measured: it is evaluation, not training
@@ -67,11 +73,13 @@ class StepTimer(pl.Callback):
         self.t0: float | None = None
         self.t1: float | None = None
         self.c0 = self.c1 = 0.0
-        self.losses: list[float] = []
+        self.losses: list[Any] = []  # tensors: reading them each step would sync a GPU
         self.profiler = cProfile.Profile() if profile else None
         StepTimer.last = self
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx in (self.start, self.stop):
+            sync(pl_module.device)
         if batch_idx == self.start:
             self.t0, self.c0 = time.perf_counter(), time.process_time()
             if self.profiler:
@@ -84,7 +92,13 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if isinstance(outputs, dict) and "loss" in outputs:
-            self.losses.append(float(outputs["loss"]))
+            self.losses.append(outputs["loss"].detach())
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the GPU's queued work, so the clock measures it (no-op on a CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def compose(family: str, overrides: list[str], out_dir: Path):  # noqa: ANN201 - a DictConfig
@@ -115,6 +129,7 @@ def base_overrides(args: argparse.Namespace, family: str) -> list[str]:
         "trainer.limit_val_batches=2",
         "print_config=false",
         f"seed={args.seed}",
+        *(["trainer=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []),
         *args.override,
     ]
 
@@ -143,7 +158,7 @@ def run_genbench(args: argparse.Namespace, family: str, extra: list[str] = (), p
         "images_per_s": steps * args.batch[family] / (timer.t1 - timer.t0),
         "images_per_cpu_s": steps * args.batch[family] / (timer.c1 - timer.c0),
         "seconds": timer.t1 - timer.t0,
-        "losses": timer.losses[args.warmup : args.warmup + steps],
+        "losses": [float(v) for v in timer.losses[args.warmup : args.warmup + steps]],
     }
     if timer.profiler is not None:
         out["profile"] = timer.profiler
@@ -151,18 +166,22 @@ def run_genbench(args: argparse.Namespace, family: str, extra: list[str] = (), p
 
 
 # --- the hand-written loop ---------------------------------------------------------------------
-def plain_step_fn(family: str, cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.nn.Module]]:
+def plain_step_fn(
+    family: str, cfg: Any, device: str = "cpu"
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.nn.Module]]:
     """The same networks and optimiser settings as genbench's module, with the loss written out in
-    plain PyTorch. Returns (step(x) -> loss, networks)."""
+    plain PyTorch, on ``device``. Returns (step(x) -> loss, networks)."""
     from hydra.utils import instantiate
 
     m = cfg.model
     if family == "vae":
         from genbench.models.vae import bernoulli_nll, discretized_nll, gaussian_nll  # the formulas only
 
-        enc, dec = instantiate(m.encoder), instantiate(m.decoder)
+        enc, dec = instantiate(m.encoder).to(device), instantiate(m.decoder).to(device)
         learn = m.likelihood != "bernoulli" and m.sigma is None
-        log_sigma = torch.nn.Parameter(torch.tensor(0.0 if m.sigma is None else math.log(m.sigma)), requires_grad=learn)
+        log_sigma = torch.nn.Parameter(
+            torch.tensor(0.0 if m.sigma is None else math.log(m.sigma), device=device), requires_grad=learn
+        )
         opt = instantiate(m.optimizer)(params=[*enc.parameters(), *dec.parameters(), *([log_sigma] if learn else [])])
 
         def nll(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -184,12 +203,12 @@ def plain_step_fn(family: str, cfg: Any) -> tuple[Callable[[torch.Tensor], torch
 
         return step, [enc, dec]
     if family == "gan":
-        G, D = instantiate(m.generator), instantiate(m.discriminator)
+        G, D = instantiate(m.generator).to(device), instantiate(m.discriminator).to(device)
         opt_g = instantiate(m.optimizer_g)(params=G.parameters())
         opt_d = instantiate(m.optimizer_d)(params=D.parameters())
 
         def step(x: torch.Tensor) -> torch.Tensor:
-            fake = G(torch.randn(x.shape[0], G.z_dim))
+            fake = G(torch.randn(x.shape[0], G.z_dim, device=x.device))
             d_loss = F.softplus(-D(x)).mean() + F.softplus(D(fake.detach())).mean()
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -206,18 +225,20 @@ def plain_step_fn(family: str, cfg: Any) -> tuple[Callable[[torch.Tensor], torch
     if family == "ddpm":
         import copy
 
-        net = instantiate(m.net)
+        net = instantiate(m.net).to(device)
         ema = copy.deepcopy(net).requires_grad_(False).eval()
         opt = instantiate(m.optimizer)(params=net.parameters())
         s = m.schedule
         T = int(s.timesteps)
         if s.kind != "linear":
             raise SystemExit("the hand-written DDPM loop implements the linear schedule only")
-        alpha_bar = torch.cumprod(1 - torch.linspace(s.beta_start, s.beta_end, T, dtype=torch.float64), 0).float()
+        alpha_bar = (
+            torch.cumprod(1 - torch.linspace(s.beta_start, s.beta_end, T, dtype=torch.float64), 0).float().to(device)
+        )
         n_updates = [0]
 
         def step(x: torch.Tensor) -> torch.Tensor:
-            t = torch.randint(0, T, (x.shape[0],))
+            t = torch.randint(0, T, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
             ab = alpha_bar[t].view(-1, 1, 1, 1)
             loss = F.mse_loss(net(ab.sqrt() * x + (1 - ab).sqrt() * noise, t), noise)
@@ -244,20 +265,23 @@ def run_plain(args: argparse.Namespace, family: str) -> dict:
     cfg = compose(family, base_overrides(args, family), Path(tempfile.gettempdir()))
     torch.manual_seed(args.seed)
     images = build(cfg.data, "data").dataset("train").images
-    step, _ = plain_step_fn(family, cfg)
+    step, _ = plain_step_fn(family, cfg, args.device)
     perm = torch.randperm(len(images))
     losses, t0, c0 = [], 0.0, 0.0
     for i in range(args.warmup + steps):
         if i == args.warmup:
+            sync(args.device)
             t0, c0 = time.perf_counter(), time.process_time()
-        x = to_unit_range(images[perm[i * batch : (i + 1) * batch]])
-        losses.append(float(step(x)))
+        # as genbench's loader: uint8 -> [-1, 1] floats on the host, then to the device
+        x = to_unit_range(images[perm[i * batch : (i + 1) * batch]]).to(args.device, non_blocking=True)
+        losses.append(step(x))
+    sync(args.device)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "images_per_s": steps * batch / seconds,
         "images_per_cpu_s": steps * batch / cpu,
         "seconds": seconds,
-        "losses": losses[args.warmup :],
+        "losses": [float(v) for v in losses[args.warmup :]],
     }
 
 
@@ -279,6 +303,8 @@ def environment(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "data": args.data,
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "precision": args.precision if args.device == "cuda" else "32-true",
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
 
@@ -295,7 +321,8 @@ def header(env: dict, load_before: tuple, load_after: tuple) -> str:
     fmt = lambda la: "/".join(f"{v:.2f}" for v in la)  # noqa: E731
     return (
         f"Machine: {env['cpu_model']} ({os.cpu_count()} cores, shared), torch {env['torch']}, "
-        f"{env['threads']} intra-op thread(s), data {env['data']}. Load average (1/5/15 min) before "
+        f"{env['threads']} intra-op thread(s), data {env['data']}, device {env['device']} "
+        f"({env['precision']}). Load average (1/5/15 min) before "
         f"{fmt(load_before)}, after {fmt(load_after)}.\nCommand: `python {env['command']}`\n"
     )
 
@@ -582,6 +609,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default=None, help="timed steps per window: N or gan=12,vae=40,ddpm=4")
     parser.add_argument("--batch", default=None, help="batch size: N or gan=128,vae=128,ddpm=32")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides train")
+    parser.add_argument("--precision", default="32-true", help="--device cuda: genbench's trainer.precision")
     parser.add_argument("--data", default="fashion_mnist", help="fashion_mnist (the real data) or synthetic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default="", help="overhead: families whose genbench window is also cProfiled")

@@ -156,3 +156,25 @@ def test_callback_evaluates_a_ddpm_with_its_own_sampler_and_keeps_the_ema(train_
     ema = {k: v.clone() for k, v in model.ema.state_dict().items()}
     cb.evaluate(trainer, model)
     assert all(torch.equal(ema[k], v) for k, v in model.ema.state_dict().items())
+
+
+def test_choose_sampler_takes_the_fastest_within_the_sampling_noise_of_the_best() -> None:
+    """Best FID 10.0, noise std 0.5, 2 sigmas: FIDs up to 11.0 count as equal; of those the fastest
+    wins. Hand-computed: ddim-10 (10.9 <= 11.0, 100 img/s) beats ddim-50 (10.0, 20 img/s); ddim-5
+    (11.2) is outside; the timing-only ancestral sampler is not scored."""
+    from genbench.callbacks.sampling_benchmark import choose_sampler
+
+    entries = [
+        {"sampler": "ddim-50", "images_per_second": 20.0, "metrics": {"eval/fid": 10.0}},
+        {"sampler": "ddim-5", "images_per_second": 200.0, "metrics": {"eval/fid": 11.2}},
+        {"sampler": "ddim-10", "images_per_second": 100.0, "metrics": {"eval/fid": 10.9}},
+        {"sampler": "ancestral-1000", "images_per_second": 1.0},
+    ]
+    choice = choose_sampler(entries, noise_std=0.5)
+    assert choice["recommended"] == "ddim-10" and choice["best"] == "ddim-50"
+    assert choice["threshold"] == pytest.approx(11.0)
+    assert [e.get("within_noise") for e in entries] == [True, False, True, None]
+    assert [e.get("recommended") for e in entries] == [False, False, True, None]
+    # no noise at all: only the best itself is "within" it
+    assert choose_sampler(entries, noise_std=0.0)["recommended"] == "ddim-50"
+    assert choose_sampler(entries[3:], noise_std=0.5)["recommended"] is None

@@ -152,6 +152,13 @@ def test_synthetic_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) 
     if preset.endswith("ddpm"):  # the 100-step ancestral sampler is timed, not evaluated (timing_only)
         sampling = {s["sampler"]: s for s in json.loads((run / "sampling.json").read_text())}
         assert "metrics" not in sampling["ancestral-100"] and "eval/fid" in sampling["ddim-2"]["metrics"]
+        # the own sampler (ddim-4) evaluated at one more seed: its FID's sampling noise, and the choice
+        noise = sampling["ddim-4"]["noise"]
+        final = json.loads((run / "eval" / "final.json").read_text())
+        assert noise["seeds"] == [1234, 1235] and noise["values"]["eval/fid"][0] == final["fid"]
+        fids = noise["values"]["eval/fid"]
+        assert fids[1] != fids[0] and noise["std"]["eval/fid"] == pytest.approx(abs(fids[1] - fids[0]) / 2**0.5)
+        assert [s["sampler"] for s in sampling.values() if s.get("recommended")] in (["ddim-4"], ["ddim-2"])
 
 
 @needs_fashion_mnist

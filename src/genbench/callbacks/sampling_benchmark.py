@@ -52,6 +52,10 @@ class SamplingBenchmark(pl.Callback):
     evaluate: also compute the metrics of each extra sampler (needs an EvaluationCallback).
     timing_only: sampler names to time but not evaluate (e.g. the 1000-step ancestral sampler
         on a CPU, where evaluating thousands of samples would take an hour).
+    noise_seeds: how many more sampling seeds the model's own sampler is evaluated with, so the
+        seed-to-seed spread of each metric (its *sampling noise*: same weights, other samples) is
+        measured; with it every evaluated sampler is marked as within that noise of the best one or
+        not, and the fastest within it is marked ``recommended`` (:func:`choose_sampler`). 0: none.
     """
 
     def __init__(
@@ -60,12 +64,14 @@ class SamplingBenchmark(pl.Callback):
         samplers: Mapping[str, Any] | None = None,
         evaluate: bool = True,
         timing_only: list[str] | tuple[str, ...] = (),
+        noise_seeds: int = 0,
         filename: str = "sampling.json",
     ) -> None:
         self.num_images = num_images
         self.samplers = dict(samplers or {})
         self.evaluate = evaluate
         self.timing_only = set(timing_only)
+        self.noise_seeds = int(noise_seeds)
         self.filename = filename
         self.results: list[dict[str, Any]] = []
         #: the run's evaluation callback (set by ``link_callbacks``): its protocol scores each sampler
@@ -108,7 +114,69 @@ class SamplingBenchmark(pl.Callback):
                         entry["images_per_second"],
                         entry.get("metrics", ""),
                     )
+                if takes_sampler and self.noise_seeds > 0 and evaluation is not None and "metrics" in self.results[0]:
+                    self._measure_noise(trainer, pl_module, evaluation)
         except StopRequested as e:  # keep what was measured; the run is stopping
             log.warning("Sampling benchmark interrupted after %d sampler(s): %s.", len(self.results), e)
         out = Path(trainer.default_root_dir) / self.filename
         out.write_text(json.dumps(self.results, indent=2))
+
+    def _measure_noise(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, evaluation: EvaluationCallback
+    ) -> None:
+        """Evaluate the model's own sampler with ``noise_seeds`` more seeds (the first seed's metrics
+        are the final evaluation's) and mark the samplers against that spread."""
+        own = self.results[0]
+        seeds = [evaluation.seed + k for k in range(self.noise_seeds + 1)]
+        per_seed = [own["metrics"]]
+        for seed in seeds[1:]:
+            images = sample_uint8(pl_module, evaluation.num_samples, torch.Generator().manual_seed(seed))
+            per_seed.append(EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images)))
+        names = [k for k in own["metrics"] if all(isinstance(m.get(k), (int, float)) for m in per_seed)]
+        own["noise"] = {
+            "seeds": seeds,
+            "values": {k: [m[k] for m in per_seed] for k in names},
+            "std": {k: _std([m[k] for m in per_seed]) for k in names},
+        }
+        choice = choose_sampler(self.results, own["noise"]["std"].get(NOISE_METRIC))
+        log.info("Sampling noise (%d seeds): %s; %s", len(seeds), own["noise"]["std"], choice["text"])
+
+
+#: the metric the sampler choice is made on, and how many standard deviations count as noise
+NOISE_METRIC = "eval/fid"
+NOISE_SIGMAS = 2.0
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (n - 1), 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+
+
+def choose_sampler(
+    entries: list[dict[str, Any]], noise_std: float | None, metric: str = NOISE_METRIC, sigmas: float = NOISE_SIGMAS
+) -> dict[str, Any]:
+    """The fastest sampler whose ``metric`` (lower is better) is within ``sigmas`` x ``noise_std``
+    of the best evaluated one: "as good as the best, as far as its sampling noise can tell".
+    Marks each evaluated entry in place (``within_noise``, ``recommended``) and returns
+    ``{"recommended": label, "best": label, "threshold": ..., "text": one sentence}``."""
+    scored = [e for e in entries if isinstance((e.get("metrics") or {}).get(metric), (int, float))]
+    if not scored or noise_std is None:
+        return {"recommended": None, "text": "no sampler choice: no sampler has " + metric}
+    best = min(scored, key=lambda e: e["metrics"][metric])
+    threshold = best["metrics"][metric] + sigmas * noise_std
+    for e in scored:
+        e["within_noise"] = bool(e["metrics"][metric] <= threshold)
+        e["recommended"] = False
+    fastest = max((e for e in scored if e["within_noise"]), key=lambda e: e["images_per_second"])
+    fastest["recommended"] = True
+    name = metric.removeprefix("eval/").upper()
+    text = (
+        f"fastest sampler within the {name}'s sampling noise of the best ({best['sampler']} "
+        f"{best['metrics'][metric]:.3g} + {sigmas:g} x {noise_std:.2g}): {fastest['sampler']} "
+        f"({fastest['images_per_second']:,.1f} images/s)"
+    )
+    return {"recommended": fastest["sampler"], "best": best["sampler"], "threshold": threshold, "text": text}

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from genbench import __version__, rundir
+from genbench.callbacks.sampling_benchmark import NOISE_METRIC
 from genbench.report.collect import RunResult
 from genbench.report.figures import readable_factor, side_by_side, upscale
 from genbench.report.html import data_uri, headline_keys, leaderboard_tables, write_html
@@ -154,6 +155,21 @@ def _per_family(runs: list[RunResult], text) -> str:
 
 
 def _sampler_text(run: RunResult) -> str:
+    """The sampler the run's metrics describe, and, where SamplingBenchmark measured the sampling
+    noise (``noise_seeds``), the fastest sampler within it of the best."""
+    text = _used_sampler_text(run)
+    noise = next((s["noise"] for s in run.sampling if s.get("noise")), None)
+    chosen = next((s for s in run.sampling if s.get("recommended")), None)
+    if noise and chosen:
+        std = (noise.get("std") or {}).get(NOISE_METRIC)
+        text += (
+            f"; fastest within the FID's sampling noise of the best: {chosen['sampler']} "
+            f"(FID std over {len(noise['seeds'])} sampling seeds {format_value('fid', std)})"
+        )
+    return text
+
+
+def _used_sampler_text(run: RunResult) -> str:
     used = run.final.get("sampler")
     if isinstance(used, dict):
         extra = ", ".join(f"{k} {v}" for k, v in used.items() if k not in ("name", "steps"))
