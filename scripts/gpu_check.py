@@ -205,9 +205,27 @@ def make_plan(tiny: bool, args: argparse.Namespace) -> dict[str, Any]:
         "unique_batches": 8,
         "compile_backend": "inductor",
         "model_overrides": {f: [] for f in FAMILIES},
+        # each option alone against fp32 (what a per-family default can be chosen from), then
+        # all of them together
         "settings": [
-            {"name": "fp32", "precision": "32-true", "warmup": 10, "steps": args.steps, "limit_s": 90},
-            {"name": "bf16", "precision": "bf16-mixed", "warmup": 10, "steps": args.steps, "limit_s": 90},
+            {"name": "fp32", "precision": "32-true", "warmup": 10, "steps": args.steps, "limit_s": 60},
+            {
+                "name": "fp32+channels_last",
+                "precision": "32-true",
+                "channels_last": True,
+                "warmup": 10,
+                "steps": args.steps,
+                "limit_s": 60,
+            },
+            {"name": "bf16", "precision": "bf16-mixed", "warmup": 10, "steps": args.steps, "limit_s": 60},
+            {
+                "name": "fp32+compile",
+                "precision": "32-true",
+                "compile": True,
+                "warmup": 10,
+                "steps": args.steps,
+                "limit_s": 150,
+            },
             {
                 "name": "bf16+channels_last+compile",
                 "precision": "bf16-mixed",
@@ -215,7 +233,7 @@ def make_plan(tiny: bool, args: argparse.Namespace) -> dict[str, Any]:
                 "compile": True,
                 "warmup": 10,
                 "steps": args.steps,
-                "limit_s": 240,
+                "limit_s": 150,
             },
         ],
     }
@@ -342,6 +360,7 @@ def make_step_timer(warmup: int, total: int, sync: bool) -> Any:
             self.t_start = self.t_warm = self.t_end = None
             self.first_batch_s: float | None = None
             self.batches = 0
+            self.losses: list[Any] = []  # tensors, read after training (reading one syncs the GPU)
 
         def _now(self) -> float:
             if sync:
@@ -355,6 +374,10 @@ def make_step_timer(warmup: int, total: int, sync: bool) -> Any:
             self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
             self.batches = batch_idx + 1
+            if isinstance(outputs, dict):  # the GAN returns d_loss and g_loss: its D loss stands for it
+                loss = outputs.get("loss", outputs.get("d_loss"))
+                if isinstance(loss, torch.Tensor):
+                    self.losses.append(loss.detach())
             if batch_idx in (0, warmup - 1, total - 1):
                 t = self._now()
                 if batch_idx == 0:
@@ -475,6 +498,12 @@ def measure_setting(
     if timer.batches != total or timer.t_end is None:
         raise RuntimeError(f"trained {timer.batches} of {total} batches")
     seconds = timer.t_end - timer.t_warm
+    # The same seed, initial weights and batches in every setting: the loss at the first batch and
+    # its mean over the timed ones say whether a setting changes the numerics (derive() compares).
+    losses = [float(v) for v in timer.losses]
+    if losses:
+        timed = losses[setting["warmup"] :] or losses
+        result.update(loss_first_batch=losses[0], loss_mean_timed=sum(timed) / len(timed))
     result.update(
         ok=True,
         batch_size=bs,
@@ -682,15 +711,72 @@ class Check:
     def derive(settings: dict[str, Any]) -> None:
         """Speed-up against fp32, and compile time = the compiled warm-up minus the same warm-up
         uncompiled (the first batches are where Dynamo/Inductor compile)."""
-        base = settings.get("fp32", {}).get("images_per_second")
-        plain = settings.get("bf16", {}).get("warmup_seconds")
+        fp32 = settings.get("fp32", {})
+        base = fp32.get("images_per_second")
         for name, r in settings.items():
             if r.get("ok") and base:
                 r["speedup_vs_fp32"] = round(r["images_per_second"] / base, 2)
+            # the uncompiled setting of the same precision ("fp32" or "bf16")
+            plain = settings.get("bf16" if name.startswith("bf16") else "fp32", {}).get("warmup_seconds")
             if r.get("ok") and "compile" in name and plain is not None:
                 r["compile_seconds"] = round(max(0.0, r["warmup_seconds"] - plain), 1)
+            if r.get("ok") and fp32.get("loss_mean_timed") and r.get("loss_mean_timed") is not None:
+                ref = fp32["loss_mean_timed"]
+                r["loss_rel_diff_vs_fp32"] = abs(r["loss_mean_timed"] - ref) / max(abs(ref), 1e-12)
 
-    # --- 3. DDP multirun -----------------------------------------------------------------------
+    # --- 3. framework overhead: genbench-train against a hand-written loop ----------------------
+    def overhead(self, limit: float) -> dict[str, Any]:
+        """scripts/perf_train.py overhead on this device: genbench-train's training windows (default
+        callbacks, CSV logger, trainer=gpu at fp32) against a plain PyTorch loop over the same
+        networks, optimisers and data, interleaved; on a GPU a step takes milliseconds, so this is
+        where Lightning's per-step cost shows, if anywhere."""
+        out_dir = self.work / "overhead"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        data = data_overrides(self.data, self.tiny, self.data_root)
+        dataset = data[0].removeprefix("data=")
+        if self.tiny:
+            sizes = ["--device", "cpu", "--families", "gan,vae", "--rounds", "1", "--warmup", "1"]
+            sizes += ["--steps", "2", "--batch", "32"]
+        else:
+            sizes = ["--device", "cuda", "--families", ",".join(self.args.families), "--rounds", "2"]
+            sizes += ["--warmup", "10", "--steps", "gan=60,vae=60,ddpm=30", "--batch", str(self.plan["batch_size"])]
+        cmd = [
+            sys.executable,
+            str(REPO / "scripts" / "perf_train.py"),
+            "overhead",
+            *sizes,
+            "--data",
+            dataset,
+            "--out",
+            str(out_dir),
+            *data[1:],
+            *(["callbacks.progress_bar=null"] if self.tiny else []),  # tiny: no Rich bar in the CI log
+        ]
+        run = run_guarded(cmd, limit, self.logs / "overhead.log")
+        result_file = out_dir / "overhead.json"
+        if not result_file.is_file():
+            return {"ok": False, "command": " ".join(cmd[1:]), "process": run, "error": run["log_tail"][-800:]}
+        res = json.loads(result_file.read_text())
+        families = {
+            f: {
+                "batch": r["batch"],
+                "steps": r["steps"],
+                "plain_images_per_second": r["plain"]["median"],
+                "genbench_images_per_second": r["genbench"]["median"],
+                "ratio_wall_median": r["genbench"]["ratio_median"],
+                "ratio_wall_per_round": r["genbench"]["ratio_vs_plain"],
+            }
+            for f, r in res["families"].items()
+        }
+        return {
+            "ok": run["returncode"] == 0 and bool(families),
+            "command": " ".join(cmd[1:]),
+            "families": families,
+            "markdown": (out_dir / "overhead.md").read_text(),
+            "process": run,
+        }
+
+    # --- 4. DDP multirun -----------------------------------------------------------------------
     def ddp(self, limit: float) -> dict[str, Any]:
         sweep = self.work / "ddp"
         shutil.rmtree(sweep, ignore_errors=True)
@@ -745,7 +831,7 @@ class Check:
             ),
         }
 
-    # --- 4. mini benchmark ---------------------------------------------------------------------
+    # --- 5. mini benchmark ---------------------------------------------------------------------
     def bench_command(self, limit: float) -> tuple[list[str], dict[str, Any]]:
         out_dir = self.work / "benchmark"
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -769,17 +855,14 @@ class Check:
                 "callbacks.budget.eval_at=[0.5,1.0]",
                 f"callbacks.evaluation.num_samples={self.args.eval_samples}",
                 "callbacks.evaluation.metrics.extractor=in-domain",
-                "callbacks.sampling.num_images=256",
+                "callbacks.sampling.num_images=128",
                 "callbacks.progress_bar=null",
                 "callbacks.model_summary=null",
                 *cache,
             ]
-            ddpm = [
-                "~callbacks.sampling.samplers.ddim-25",
-                "~callbacks.sampling.samplers.ddim-100",
-                "~callbacks.sampling.samplers.ddim-250",
-                "++callbacks.sampling.timing_only=[ancestral]",
-            ]
+            # DDIM 10 / 25 / 50 (the own sampler, also at 2 more seeds: its FID's sampling noise) /
+            # 100 evaluated, so the fastest one within that noise of the best can be named
+            ddpm = ["~callbacks.sampling.samplers.ddim-250", "++callbacks.sampling.timing_only=[ancestral]"]
             cmd += [
                 "budget=full",
                 *cache,
@@ -796,9 +879,9 @@ class Check:
                 "eval_at": [0.5, 1.0],
                 "eval_samples": self.args.eval_samples,
                 "extractor": "in-domain",
-                "ddpm_samplers": "DDIM 50 (its default, evaluated), DDIM 10 (evaluated), "
-                "ancestral 1000 steps (timed only, 256 images)",
-                "sampling_images": 256,
+                "ddpm_samplers": "DDIM 50 (its default, evaluated at 3 seeds: the sampling noise), DDIM 10, 25 "
+                "and 100 (evaluated), ancestral 1000 steps (timed only, 128 images)",
+                "sampling_images": 128,
             }
         cmd.append("train_overrides=[" + ",".join(f'"{o}"' for o in train) + "]")
         return cmd, sizing
@@ -859,19 +942,34 @@ class Check:
         env_ok = self.report["steps"]["environment"]["ok"]
         no_gpu = not self.tiny and not env_ok
         if no_gpu:
-            for name in ("throughput", "ddp", "benchmark"):
+            for name in ("throughput", "overhead", "ddp", "benchmark"):
                 self.report["steps"][name] = {
                     "ok": False,
                     "skipped": True,
                     "error": "skipped: the environment step failed",
                 }
         else:
-            # leave the later steps at least their minimum (DDP ~45 s, benchmark ~170 s on a GPU)
-            later = (90 + 100) if self.tiny else (45 + 170)
-            throughput_cap = 200 if self.tiny else 260
+            # each step leaves the later ones (that are not skipped) at least what they need: overhead
+            # ~70 s, DDP ~45 s, benchmark ~170 s on a GPU
+            need = (
+                {"overhead": 40, "ddp": 90, "benchmark": 100}
+                if self.tiny
+                else {"overhead": 75, "ddp": 45, "benchmark": 170}
+            )
+
+            def after(*names: str) -> float:
+                return sum(need[n] for n in names if n not in self.args.skip)
+
+            throughput_cap = 200 if self.tiny else 220
             steps: list[tuple[str, Callable[[], float], Callable[[float], dict[str, Any]], float]] = [
-                ("throughput", lambda: min(throughput_cap, c.remaining() - later), self.throughput, 30),
-                ("ddp", lambda: min(120, c.remaining() - (100 if self.tiny else 170)), self.ddp, 20),
+                (
+                    "throughput",
+                    lambda: min(throughput_cap, c.remaining() - after("overhead", "ddp", "benchmark")),
+                    self.throughput,
+                    30,
+                ),
+                ("overhead", lambda: min(120, c.remaining() - after("ddp", "benchmark")), self.overhead, 20),
+                ("ddp", lambda: min(120, c.remaining() - after("benchmark")), self.ddp, 20),
                 ("benchmark", lambda: c.remaining() - 15, self.benchmark, 60),
             ]
             for name, limit, fn, minimum in steps:
@@ -966,11 +1064,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"## Training throughput (batch {rep['plan']['batch_size']}, batches already on the device)",
         "",
         "images/s over the timed batches; peak memory: torch.cuda.max_memory_allocated; compile s: the compiled "
-        "warm-up minus the plain bf16 one; applied by: gpu_check (in the script) or model option (the config's).",
+        "warm-up minus the same precision's plain one; applied by: gpu_check (in the script) or model option (the "
+        "config's). Loss: the same seed, weights and batches in every setting, so the first batch's loss and the "
+        "mean over the timed batches show whether a setting changes the numerics (relative difference to fp32).",
         "",
         "| family | setting | precision | batches (warm-up + timed) | images/s | ms/batch | vs fp32 | peak memory MiB "
-        "| warm-up s | compile s | applied by | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| warm-up s | compile s | loss, 1st batch | loss, timed mean (vs fp32) | applied by | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family in FAMILIES:
         results = (tp.get(family) or {}).get("settings", {})
@@ -978,7 +1078,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         for s in settings + extra:
             r = results.get(s["name"])
             if r is None:
-                lines.append(f"| {family} | {s['name']} | | | | | | | | | | not run |")
+                lines.append(f"| {family} | {s['name']} | | | | | | | | | | | | not run |")
                 continue
             how = "; ".join(
                 f"{k}: {r[k]}" + (f" ({r['compile_backend']})" if k == "compile" else "")
@@ -991,8 +1091,19 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 f"| {_fmt(r.get('images_per_second'))} "
                 f"| {_fmt(r.get('ms_per_batch'), 2)} | {_fmt(r.get('speedup_vs_fp32'), 2)} "
                 f"| {_fmt(r.get('peak_memory_mib'))} "
-                f"| {_fmt(r.get('warmup_seconds'), 2)} | {_fmt(r.get('compile_seconds'))} | {how} | {status} |"
+                f"| {_fmt(r.get('warmup_seconds'), 2)} | {_fmt(r.get('compile_seconds'))} "
+                f"| {_fmt(r.get('loss_first_batch'), 4)} | {_fmt(r.get('loss_mean_timed'), 4)}"
+                + (f" ({r['loss_rel_diff_vs_fp32']:.1e})" if r.get("loss_rel_diff_vs_fp32") is not None else "")
+                + f" | {how} | {status} |"
             )
+
+    ov = steps.get("overhead") or {}
+    lines += ["", "## Framework overhead: genbench-train against a hand-written PyTorch loop", ""]
+    if ov.get("markdown"):
+        lines.append(ov["markdown"].strip())
+    else:
+        why = "skipped" if ov.get("skipped") else _fmt(ov.get("error", "not run"))[:600]
+        lines.append(f"Not measured: {why}")
 
     ddp = steps.get("ddp") or {}
     backend = ", ".join(ddp.get("distributed_backend") or []) or "?"
@@ -1023,6 +1134,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append(bench["leaderboard_md"].strip())
     else:
         lines.append(f"No leaderboard: {_fmt(bench.get('error', 'not run'))[:600]}")
+    lines += sampler_table(((bench.get("runs") or {}).get("ddpm") or {}).get("sampling.json") or [])
 
     lines += ["", "## Steps", "", "| step | status | wall s | limit s |", "|---|---|---|---|"]
     if setup.get("seconds") is not None:
@@ -1033,6 +1145,34 @@ def render_markdown(rep: dict[str, Any]) -> str:
         )
         lines.append(f"| {name} | {status} | {_fmt(s.get('wall_seconds'))} | {_fmt(s.get('limit_s'), 0)} |")
     return "\n".join(lines) + "\n"
+
+
+def sampler_table(sampling: list[dict[str, Any]]) -> list[str]:
+    """The DDPM's samplers from its sampling.json: cost, quality, and which is within the FID's
+    sampling noise of the best (SamplingBenchmark's noise_seeds)."""
+    if not sampling:
+        return []
+    noise = next((e["noise"] for e in sampling if e.get("noise")), None)
+    lines = ["", "### DDPM samplers", ""]
+    if noise:
+        fids = noise["values"].get("eval/fid") or []
+        lines += [
+            f"Sampling noise: the own sampler's FID at seeds {noise['seeds']}: "
+            + ", ".join(f"{v:.3f}" for v in fids)
+            + f" (std {noise['std'].get('eval/fid', float('nan')):.3f}); within noise = FID at most the best + 2 std.",
+            "",
+        ]
+    lines += [
+        "| sampler | steps | images/s | FID | KID | within noise | recommended |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in sampling:
+        m = e.get("metrics") or {}
+        lines.append(
+            f"| {e['sampler']} | {e.get('steps', '')} | {_fmt(e.get('images_per_second'))} | {_fmt(m.get('eval/fid'), 2)} "
+            f"| {_fmt(m.get('eval/kid_mean'), 3)} | {_fmt(e.get('within_noise'))} | {_fmt(e.get('recommended'))} |"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1053,7 +1193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=50, help="timed training batches per throughput setting")
     ap.add_argument("--bench-seconds", type=int, default=90, help="wanted training seconds per family")
     ap.add_argument("--eval-samples", type=int, default=2000, help="benchmark evaluation sample count")
-    ap.add_argument("--skip", type=_names, default=[], help="steps to leave out: throughput,ddp,benchmark")
+    ap.add_argument("--skip", type=_names, default=[], help="steps to leave out: throughput,overhead,ddp,benchmark")
     ap.add_argument("--families", type=_names, default=list(FAMILIES), help="throughput families (default all)")
     ap.add_argument("--data-root", help="Fashion-MNIST's folder (default $GPU_CHECK_DATA_ROOT, else genbench's search)")
     ap.add_argument("--cache-dir", help="genbench's cache (extractors, real features); default genbench's own")

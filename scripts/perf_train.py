@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--op-profile", default="ddpm", help="mfu: families whose top ops are profiled")
     parser.add_argument("--out", default="outputs/perf")
     parser.add_argument("override", nargs="*", help="extra Hydra overrides for every genbench run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
     args.families = [f for f in args.families.split(",") if f]
     args.op_profile = [f for f in args.op_profile.split(",") if f]
     args.profile = [f for f in args.profile.split(",") if f]

@@ -54,7 +54,7 @@ def _positive(x: Any) -> bool:
 def test_every_step_ran_within_the_time_limit(tiny_check: tuple[Path, dict[str, Any], str]) -> None:
     _, report, _ = tiny_check
     assert report["mode"] == "tiny" and report["ok"] is True
-    assert list(report["steps"]) == ["environment", "throughput", "ddp", "benchmark"]
+    assert list(report["steps"]) == ["environment", "throughput", "overhead", "ddp", "benchmark"]
     assert all(_positive(s["wall_seconds"]) and s["wall_seconds"] <= s["limit_s"] for s in report["steps"].values())
     assert report["elapsed_s"] < report["time_limit_s"]
     env = report["steps"]["environment"]["result"]
@@ -82,6 +82,25 @@ def test_throughput_of_every_family_and_setting(tiny_check: tuple[Path, dict[str
         assert compiled["channels_last"] in ("gpu_check", "model option")
         assert compiled["compile"] in ("gpu_check", "model option")
         assert compiled["compile_seconds"] >= 0 and results["fp32"]["speedup_vs_fp32"] == 1.0
+        # the same seed, weights and first batch: fp32 and bf16 start from (almost) the same loss
+        fp32, bf16 = results["fp32"], results["bf16"]
+        assert math.isfinite(fp32["loss_first_batch"]) and fp32["loss_rel_diff_vs_fp32"] == 0.0
+        assert bf16["loss_first_batch"] == pytest.approx(fp32["loss_first_batch"], rel=0.05), family
+        assert math.isfinite(compiled["loss_rel_diff_vs_fp32"])
+
+
+@pytest.mark.slow
+def test_overhead_against_a_hand_written_loop(tiny_check: tuple[Path, dict[str, Any], str]) -> None:
+    """perf_train.py overhead ran (CPU here, cuda on the GPU) and both sides trained."""
+    _, report, _ = tiny_check
+    ov = report["steps"]["overhead"]
+    assert "perf_train.py overhead" in ov["command"] and "--device cpu" in ov["command"]
+    assert set(ov["families"]) == {"gan", "vae"}
+    for family, r in ov["families"].items():
+        assert _positive(r["plain_images_per_second"]) and _positive(r["genbench_images_per_second"]), family
+        assert r["ratio_wall_median"] == pytest.approx(
+            r["genbench_images_per_second"] / r["plain_images_per_second"], rel=1e-6
+        )
 
 
 @pytest.mark.slow
@@ -110,6 +129,10 @@ def test_benchmark_leaderboard_has_the_three_families(tiny_check: tuple[Path, di
         assert rows[family]["status"] == "ok", family
         assert math.isfinite(rows[family]["fid"]) and _positive(rows[family]["train_images_per_second"]), family
         assert bench["runs"][family]["metrics.json"]["family"] == family
+    # the DDPM's samplers: the own one at one more seed (tiny protocol) and the choice made from it
+    sampling = bench["runs"]["ddpm"]["sampling.json"]
+    assert len(sampling[0]["noise"]["values"]["eval/fid"]) == 2
+    assert sum(bool(e.get("recommended")) for e in sampling) == 1
     assert json.loads((out / "leaderboard.json").read_text()) == bench["leaderboard"]
     assert (out / "leaderboard.md").read_text() == bench["leaderboard_md"]
     assert (out / "report.html").is_file()
@@ -134,7 +157,8 @@ def test_out_holds_few_files(tiny_check: tuple[Path, dict[str, Any], str]) -> No
 def test_markdown_has_the_tables_and_is_printed(tiny_check: tuple[Path, dict[str, Any], str]) -> None:
     out, _, stdout = tiny_check
     md = (out / "gpu_check.md").read_text()
-    for heading in ("## Environment", "## Training throughput", "## DDP multirun", "## Mini benchmark", "## Steps"):
+    headings = ("## Environment", "## Training throughput", "## Framework overhead", "## DDP multirun")
+    for heading in (*headings, "## Mini benchmark", "### DDPM samplers", "## Steps"):
         assert heading in md, heading
     assert "| family | setting | precision |" in md and "| family | FID ↓" in md and "| job | metrics.json |" in md
     assert all(f"| {family} | bf16+channels_last+compile |" in md for family in FAMILIES)
