@@ -24,7 +24,7 @@ export GPU_CHECK_T0="${GPU_CHECK_T0:-$(date +%s)}"
 assets=outputs/gpu_check_assets
 fmnist_files=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
 # genbench's pure-Python dependencies that a machine with torch + Lightning may lack (pyproject pins)
-wheels=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 torch-fidelity==0.4.0)
+wheels=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 torch-fidelity==0.4.0 submitit==1.5.4 hydra-submitit-launcher==1.2.0)
 
 tiny="${GPU_CHECK_TINY:-0}"
 out="${OUT:-}"
