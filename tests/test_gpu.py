@@ -1,4 +1,4 @@
-"""GPU smoke tests: each family trains a few steps with `trainer=gpu` (bf16/16-mixed) and samples on
+"""GPU smoke tests: each family trains a few steps with `trainer=gpu` (fp32, and bf16/16-mixed) and samples on
 the GPU; DDIM sampling with a CPU generator is reproducible there. Skipped where no GPU is visible."""
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ def _check_images(x: torch.Tensor, shape: tuple[int, int, int]) -> None:
     assert x.std() > 0  # not a constant image
 
 
+@pytest.mark.parametrize("reduced", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("family", ["gan", "vae", "ddpm"])
-def test_each_family_trains_and_samples_on_gpu(family: str, train_cfg, tmp_path: Path) -> None:
-    cfg = train_cfg(f"model={family}", "trainer=gpu")  # data=synthetic, debug=fast, tiny networks
+def test_each_family_trains_and_samples_on_gpu(family: str, reduced: bool, train_cfg, tmp_path: Path) -> None:
+    """trainer=gpu's fp32 default, and the reduced precision ${gpu_precision:} picks (bf16/16-mixed)."""
+    extra = ["trainer.precision=${gpu_precision:}"] if reduced else []
+    cfg = train_cfg(f"model={family}", "trainer=gpu", *extra)  # data=synthetic, debug=fast, tiny networks
     with open_dict(cfg):
         cfg.callbacks.probe = {"_target_": f"{__name__}.SampleProbe"}
     SampleProbe.last = None
-    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision in ("bf16-mixed", "16-mixed")
+    want = ("bf16-mixed", "16-mixed") if reduced else ("32-true",)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision in want
     metrics = train(cfg)
     probe = SampleProbe.last
     assert probe is not None and probe.precision == cfg.trainer.precision
@@ -80,3 +84,23 @@ def test_ddim_sampling_on_gpu_is_reproducible_with_a_cpu_generator(train_cfg, mo
         assert a.device.type == "cuda" and a.shape == (8, *model.image_shape)
         assert torch.equal(a, b), f"eta={eta}: the same CPU generator seed gave different images on the GPU"
         assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "ddpm"])
+def test_latent_grids_on_gpu(family: str, train_cfg, tmp_path: Path) -> None:
+    """The first GPU run of the benchmark (H100, 2026-11-26) failed every training job at its end:
+    slerp mixed a CPU tensor of interpolation weights with CUDA latents. The grids of a model on the
+    GPU are drawn there and equal the same model's grids on the CPU up to float rounding."""
+    from torchvision.io import read_image
+
+    from genbench.latents import write_latent_grids
+
+    model = build(train_cfg(f"model={family}").model, "model").eval()
+    real = torch.randint(0, 256, (4, *model.image_shape), dtype=torch.uint8)
+    kw = {"sampler": DDIMSampler(steps=2, eta=0.0)} if family == "ddpm" else {}
+    on_cpu = write_latent_grids(model, tmp_path / "cpu", real=real, n_rows=2, n_steps=3, **kw)
+    on_gpu = write_latent_grids(model.to("cuda"), tmp_path / "cuda", real=real, n_rows=2, n_steps=3, **kw)
+    assert on_gpu.keys() == on_cpu.keys() == ({"interp", "recon"} if family == "vae" else {"interp"})
+    for key in on_cpu:
+        a, b = read_image(str(on_cpu[key])).int(), read_image(str(on_gpu[key])).int()
+        assert a.shape == b.shape and (a - b).abs().max() <= 2, key  # 8-bit pixels, float rounding apart

@@ -48,7 +48,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     omega = torch.arccos(cos)
     if torch.sin(omega).abs() < 1e-6:
         return lerp(a, b, t)
-    t64 = t.double().view(-1, 1)
+    t64 = t.to(a64.device, torch.float64).view(-1, 1)
     wa, wb = torch.sin((1 - t64) * omega) / torch.sin(omega), torch.sin(t64 * omega) / torch.sin(omega)
     return (wa * a64 + wb * b64).view(len(t), *a.shape).to(a.dtype)
 
@@ -59,7 +59,7 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, n_steps: int, method: str = "s
         raise GenbenchError(f"Unknown interpolation method '{method}': use one of {', '.join(METHODS)}.")
     if n_steps < 2:
         raise GenbenchError(f"An interpolation needs n_steps >= 2 (its two endpoints), got {n_steps}.")
-    t = torch.linspace(0, 1, n_steps, dtype=torch.float64)
+    t = torch.linspace(0, 1, n_steps, dtype=torch.float64, device=a.device)
     path = (slerp if method == "slerp" else lerp)(a, b, t)
     path[0], path[-1] = a, b  # exactly the endpoints, whatever the rounding of the weights
     return path

@@ -27,8 +27,9 @@ log = logging.getLogger("genbench.models")
 
 def channels_last_option(value: bool | str) -> bool | str:
     """``model.channels_last``: true, false, or ``auto`` (on where it was measured to win: on a
-    CPU, where it trained all three families 1.07-1.21x faster (docs/performance.md); off on a GPU
-    until measured there on its own)."""
+    CPU, where it trained all three families 1.07-1.21x faster, and for the DDPM's UNet on a GPU,
+    1.22x on an H100; off for the GAN and the VAE on a GPU, 1.05x and 0.76x there; see
+    docs/performance.md)."""
     if isinstance(value, bool) or value == "auto":
         return value
     raise GenbenchError(f"model.channels_last={value!r}: use true, false or auto.")
@@ -56,6 +57,13 @@ def _channels_last_inputs(module: torch.nn.Module, args: tuple[Any, ...]) -> tup
     )
 
 
+def transposed_conv_networks(networks: dict[str, torch.nn.Module]) -> list[str]:
+    """Names of the networks that contain a transposed convolution (the DCGAN generator, the VAE
+    decoder): the ones ``model.compile`` leaves eager on a GPU."""
+    kinds = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    return [name for name, net in networks.items() if any(isinstance(m, kinds) for m in net.modules())]
+
+
 class GenerativeModel(pl.LightningModule):
     family: str = "base"
     #: the validation metric that picks the "best" checkpoint (None: only last.ckpt is meaningful)
@@ -67,6 +75,8 @@ class GenerativeModel(pl.LightningModule):
     #: child modules left in the default memory format on a GPU whatever ``model.channels_last``
     #: says (the GAN's generator: channels_last + torch.compile crashed Inductor there)
     channels_last_exempt_on_gpu: tuple[str, ...] = ()
+    #: what ``model.channels_last: auto`` means on a GPU (on a CPU it is always on)
+    channels_last_auto_on_gpu: bool = False
 
     def __init__(
         self,
@@ -179,7 +189,8 @@ class GenerativeModel(pl.LightningModule):
             return
         self._speed_applied = True
         device = device if device is not None else self.device
-        if self.channels_last is True or (self.channels_last == "auto" and device.type == "cpu"):
+        auto_on = device.type == "cpu" or (device.type == "cuda" and self.channels_last_auto_on_gpu)
+        if self.channels_last is True or (self.channels_last == "auto" and auto_on):
             exempt = self.channels_last_exempt_on_gpu if device.type == "cuda" else ()
             for name, child in self.named_children():
                 if name not in exempt and any(p.ndim == 4 for p in child.parameters()):
@@ -187,8 +198,18 @@ class GenerativeModel(pl.LightningModule):
                     # inputs in the same layout (batches, fakes, x_t): a no-op for 1-channel images
                     child.register_forward_pre_hook(_channels_last_inputs)
         if self.compile_kwargs is not None:
-            for net in self.trained_networks().values():
-                net.compile(**self.compile_kwargs)
+            eager = transposed_conv_networks(self.trained_networks()) if device.type == "cuda" else []
+            if eager:
+                log.warning(
+                    "model.compile: %s left eager on the GPU: they hold transposed convolutions, whose backward "
+                    "Inductor compiles with a wrong stride check on CUDA (pytorch/pytorch#171622; it crashed the "
+                    "first training step of the VAE's decoder on an H100 and of the GAN's generator on an H200, "
+                    "torch 2.11). Compiling them gave no speed-up there anyway (docs/performance.md).",
+                    ", ".join(eager),
+                )
+            for name, net in self.trained_networks().items():
+                if name not in eager:
+                    net.compile(**self.compile_kwargs)
 
     def configure_model(self) -> None:
         # Lightning calls this once per fit/validate, before the strategy moves the model to its device.

@@ -29,6 +29,8 @@ class DDPM(GenerativeModel):
     family = "ddpm"
     default_monitor = "val/loss_ema"
     supports_samplers = True
+    # the UNet trained 1.22x faster in channels_last on an H100 (fp32, batch 128; docs/performance.md)
+    channels_last_auto_on_gpu = True
 
     def __init__(
         self,
