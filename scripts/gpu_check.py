@@ -586,6 +586,9 @@ class Check:
         # the leaderboard and report, the wrapper's setup.log, and details.tar.gz of `kept`
         # (every log, the DDP jobs' metrics.json, each benchmark run's result files)
         self.kept = work / "kept"
+        # a rerun on the same machine reuses the work dir (OUT has the same name): files an earlier
+        # check left there (a failed.json, a log) would otherwise come back as this one's
+        shutil.rmtree(self.kept, ignore_errors=True)
         self.logs = self.kept / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.data_root = args.data_root or os.environ.get("GPU_CHECK_DATA_ROOT") or None
@@ -723,6 +726,24 @@ class Check:
             if r.get("ok") and fp32.get("loss_mean_timed") and r.get("loss_mean_timed") is not None:
                 ref = fp32["loss_mean_timed"]
                 r["loss_rel_diff_vs_fp32"] = abs(r["loss_mean_timed"] - ref) / max(abs(ref), 1e-12)
+
+    # --- 2b. the GPU tests ---------------------------------------------------------------------
+    def gpu_tests(self, limit: float) -> dict[str, Any]:
+        """tests/test_gpu.py, which CI (no GPU) always skips: each family trains and samples on the
+        device in fp32 and bf16, DDIM reproducibility, the latent grids on CUDA. On a CPU they skip."""
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_gpu.py")]
+        run = run_guarded(cmd, limit, self.logs / "gpu_tests.log")
+        text = Path(run["log"]).read_text(errors="replace")
+        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", text)}
+        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
+        return {
+            "ok": run["returncode"] == 0,
+            "command": " ".join(cmd[1:]),
+            "counts": counts,
+            "failed_tests": failed,
+            "process": run,
+            **({} if run["returncode"] == 0 else {"error": run["log_tail"][-1500:]}),
+        }
 
     # --- 3. framework overhead: genbench-train against a hand-written loop ----------------------
     def overhead(self, limit: float) -> dict[str, Any]:
@@ -942,7 +963,7 @@ class Check:
         env_ok = self.report["steps"]["environment"]["ok"]
         no_gpu = not self.tiny and not env_ok
         if no_gpu:
-            for name in ("throughput", "overhead", "ddp", "benchmark"):
+            for name in ("throughput", "gpu_tests", "overhead", "ddp", "benchmark"):
                 self.report["steps"][name] = {
                     "ok": False,
                     "skipped": True,
@@ -952,9 +973,9 @@ class Check:
             # each step leaves the later ones (that are not skipped) at least what they need: overhead
             # ~70 s, DDP ~45 s, benchmark ~170 s on a GPU
             need = (
-                {"overhead": 40, "ddp": 90, "benchmark": 100}
+                {"gpu_tests": 20, "overhead": 40, "ddp": 90, "benchmark": 100}
                 if self.tiny
-                else {"overhead": 75, "ddp": 45, "benchmark": 170}
+                else {"gpu_tests": 45, "overhead": 60, "ddp": 30, "benchmark": 160}
             )
 
             def after(*names: str) -> float:
@@ -964,9 +985,15 @@ class Check:
             steps: list[tuple[str, Callable[[], float], Callable[[float], dict[str, Any]], float]] = [
                 (
                     "throughput",
-                    lambda: min(throughput_cap, c.remaining() - after("overhead", "ddp", "benchmark")),
+                    lambda: min(throughput_cap, c.remaining() - after("gpu_tests", "overhead", "ddp", "benchmark")),
                     self.throughput,
                     30,
+                ),
+                (
+                    "gpu_tests",
+                    lambda: min(90, c.remaining() - after("overhead", "ddp", "benchmark")),
+                    self.gpu_tests,
+                    15,
                 ),
                 ("overhead", lambda: min(120, c.remaining() - after("ddp", "benchmark")), self.overhead, 20),
                 ("ddp", lambda: min(120, c.remaining() - after("benchmark")), self.ddp, 20),
@@ -1097,6 +1124,15 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 + f" | {how} | {status} |"
             )
 
+    gt = steps.get("gpu_tests") or {}
+    lines += ["", "## GPU tests (`tests/test_gpu.py`, skipped by CI: it has no GPU)", ""]
+    if gt.get("counts") is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in gt["counts"].items()) or "nothing collected"
+        failed = gt.get("failed_tests")
+        lines.append(counts + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+    else:
+        lines.append("Not run: " + ("skipped" if gt.get("skipped") else _fmt(gt.get("error", "not run"))[:400]))
+
     ov = steps.get("overhead") or {}
     lines += ["", "## Framework overhead: genbench-train against a hand-written PyTorch loop", ""]
     if ov.get("markdown"):
@@ -1193,7 +1229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=50, help="timed training batches per throughput setting")
     ap.add_argument("--bench-seconds", type=int, default=90, help="wanted training seconds per family")
     ap.add_argument("--eval-samples", type=int, default=2000, help="benchmark evaluation sample count")
-    ap.add_argument("--skip", type=_names, default=[], help="steps to leave out: throughput,overhead,ddp,benchmark")
+    ap.add_argument(
+        "--skip", type=_names, default=[], help="steps to leave out: throughput,gpu_tests,overhead,ddp,benchmark"
+    )
     ap.add_argument("--families", type=_names, default=list(FAMILIES), help="throughput families (default all)")
     ap.add_argument("--data-root", help="Fashion-MNIST's folder (default $GPU_CHECK_DATA_ROOT, else genbench's search)")
     ap.add_argument("--cache-dir", help="genbench's cache (extractors, real features); default genbench's own")

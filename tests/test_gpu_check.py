@@ -54,7 +54,10 @@ def _positive(x: Any) -> bool:
 def test_every_step_ran_within_the_time_limit(tiny_check: tuple[Path, dict[str, Any], str]) -> None:
     _, report, _ = tiny_check
     assert report["mode"] == "tiny" and report["ok"] is True
-    assert list(report["steps"]) == ["environment", "throughput", "overhead", "ddp", "benchmark"]
+    assert list(report["steps"]) == ["environment", "throughput", "gpu_tests", "overhead", "ddp", "benchmark"]
+    # tests/test_gpu.py ran: on a CPU every test in it skips (it needs CUDA), and none failed
+    tests = report["steps"]["gpu_tests"]
+    assert tests["counts"].get("skipped", 0) >= 4 and not tests["counts"].get("failed") and not tests["failed_tests"]
     assert all(_positive(s["wall_seconds"]) and s["wall_seconds"] <= s["limit_s"] for s in report["steps"].values())
     assert report["elapsed_s"] < report["time_limit_s"]
     env = report["steps"]["environment"]["result"]
@@ -157,7 +160,7 @@ def test_out_holds_few_files(tiny_check: tuple[Path, dict[str, Any], str]) -> No
 def test_markdown_has_the_tables_and_is_printed(tiny_check: tuple[Path, dict[str, Any], str]) -> None:
     out, _, stdout = tiny_check
     md = (out / "gpu_check.md").read_text()
-    headings = ("## Environment", "## Training throughput", "## Framework overhead", "## DDP multirun")
+    headings = ("## Environment", "## Training throughput", "## GPU tests", "## Framework overhead", "## DDP multirun")
     for heading in (*headings, "## Mini benchmark", "### DDPM samplers", "## Steps"):
         assert heading in md, heading
     assert "| family | setting | precision |" in md and "| family | FID ↓" in md and "| job | metrics.json |" in md
