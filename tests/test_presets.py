@@ -193,3 +193,25 @@ def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Pat
     # the README says make demo uses the time budget (bounded duration) and names the alternative
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     assert "BUDGET ?= cpu\n" in makefile and "genbench-benchmark budget=$(BUDGET)" in makefile
+
+
+def test_long_cpu_budget_is_four_times_cpu_with_its_points_inside(tmp_path: Path) -> None:
+    """budget=cpu_long: 4 x 120 s per family, evaluated at 30, 60, 120, 240 and 480 s, so its first
+    points repeat budget=cpu's (25/50/100 % of 120 s) and the curves extend them."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        long = compose(config_name="benchmark", overrides=["budget=cpu_long"])
+        short = compose(config_name="benchmark", overrides=["budget=cpu"])
+    for family in ("gan", "vae", "ddpm"):
+        cfgs = []
+        for bench in (short, long):
+            cmd = training_command(bench, family, tmp_path)
+            args = cmd[cmd.index("genbench.train") + 1 :]
+            cfgs.append(
+                compose_train([a for a in args if a != "-m" and not a.startswith(("hydra.", "seed="))], tmp_path)
+            )
+        cpu, cpu_long = (c.callbacks.budget for c in cfgs)
+        assert cpu_long.max_train_seconds == 4 * cpu.max_train_seconds == 480
+        times = [f * cpu_long.max_train_seconds for f in cpu_long.eval_at]
+        assert times == [30, 60, 120, 240, 480]
+        assert set(times) >= {f * cpu.max_train_seconds for f in cpu.eval_at}
+        assert cfgs[0].model == cfgs[1].model and cfgs[0].data == cfgs[1].data  # only the budget differs

@@ -29,7 +29,7 @@ from genbench.report.leaderboard import (
     write_leaderboard,
 )
 from genbench.report.stability import loss_curves, per_seed_curves
-from genbench.report.verdict import training_cost_to_fid, verdict
+from genbench.report.verdict import curve_crossings, fid_curves, training_cost_to_fid, verdict
 from genbench.train import train
 
 T_975_2DF = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (printed tables: 4.303)
@@ -217,7 +217,7 @@ def test_verdict_with_one_seed_says_the_ranking_is_uncertain() -> None:
     rows = [_row("gan", 50.0, None, n=1), _row("vae", 40.0, None, n=1)]
     quality = verdict(rows, [])[0]
     assert "vae leads (vae 40.0, gan 50.0), from one seed, so uncertain" in quality
-    assert "Stability: no ranking" in verdict(rows, [])[5] and "two seeds" in verdict(rows, [])[5]
+    assert "Stability: no ranking" in verdict(rows, [])[6] and "two seeds" in verdict(rows, [])[6]
 
 
 def test_verdict_explains_a_missing_metric() -> None:
@@ -253,10 +253,39 @@ def test_verdict_from_leaderboard_rows_and_training_cost(three_seed_runs: Path) 
     assert sentences[3].startswith("Sampling cost") and "vae" in sentences[3]
     assert sentences[4].startswith("Training cost to reach FID 32.0 (the worst final FID of any run")
     assert "gan wins clearly" in sentences[4] and "(gan 1,000 images, vae 2,000 images)" in sentences[4]
+    # curves: GAN 25 -> 12 (mean of 10, 12, 14), VAE 35 -> 31 at 10 s and 20 s: no crossing, and the
+    # VAE's ratio to the GAN widens from 35/25 = 1.40x to 31/12 = 2.58x
+    assert sentences[5] == (
+        "FID against training time (mean over seeds, linear between evaluations, on the time every family "
+        "covers): at 10.0 s gan 25.0, vae 35.0; at 20.0 s gan 12.0, vae 31.0; no curves cross; "
+        "vae's FID ratio to gan widens from 1.40x to 2.58x."
+    )
     # GAN cv = 2/12 = 16.7%, VAE 1/31 = 3.2%; with 3 seeds their chi-square intervals overlap
-    assert sentences[5].startswith("Stability (coefficient of variation of FID over seeds") and "16.7%" in sentences[5]
-    assert "no clear winner" in sentences[5]
+    assert sentences[6].startswith("Stability (coefficient of variation of FID over seeds") and "16.7%" in sentences[6]
+    assert "no clear winner" in sentences[6]
     assert sentences[-1].startswith("Caution: vae trained under a time budget with load 20.0 on 2 cores")
+
+
+def test_fid_curves_cross_where_the_later_family_catches_up(tmp_path: Path) -> None:
+    """DDPM 60 -> 14 -> 8 against the GAN's 20 -> 15 -> 12 at 10, 20, 30 s: the difference
+    (DDPM - GAN) goes from +40 at 10 s to -1 at 20 s, so the DDPM passes the GAN at
+    10 + 10 * 40 / 41 = 19.76 s; evaluations are matched across seeds by budget fraction."""
+    for seed, shift in ((0, -1.0), (1, 1.0)):  # two seeds whose mean is the curve above
+        make_run(tmp_path, "gan", seed, [20.0 + shift, 15.0 + shift, 12.0 + shift])
+        make_run(tmp_path, "ddpm", seed, [60.0 - shift, 14.0 - shift, 8.0 - shift])
+    runs = find_runs([tmp_path / "gan", tmp_path / "ddpm"])
+    curves = fid_curves(runs)
+    assert curves["gan"] == [(10.0, 20.0), (20.0, 15.0), (30.0, 12.0)]
+    assert curves["ddpm"] == [(10.0, 60.0), (20.0, 14.0), (30.0, 8.0)]
+    [(x, sign)] = curve_crossings(curves["ddpm"], curves["gan"])
+    assert x == pytest.approx(10 + 10 * 40 / 41) and sign == -1  # a (the DDPM) passes below b
+    assert curve_crossings(curves["gan"], curves["ddpm"]) == [(pytest.approx(x), 1)]
+    sentence = [s for s in verdict(build_leaderboard(runs), runs) if s.startswith("FID against training time")][0]
+    assert "at 10.0 s gan 20.0, ddpm 60.0; at 30.0 s ddpm 8.0, gan 12.0; ddpm passes gan at about 19.8 s" in sentence
+    assert "ratio" not in sentence  # the GAN was ahead at the start: no "gap closing" to report
+    # one evaluation per family: no curve to compare
+    one = find_runs([make_run(tmp_path / "one", f, 0, [30.0]).parent for f in ("gan", "vae")])
+    assert "no comparison" in [s for s in verdict(build_leaderboard(one), one) if s.startswith("FID against")][0]
 
 
 # --- the budget: CPU time, load, image counts (#12.6) -----------------------------------------

@@ -14,6 +14,7 @@ Nothing here is hard-coded prose about the families: change the numbers and the 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,96 @@ def _training_cost_sentence(runs: list[RunResult]) -> str:
     )
 
 
+def fid_curves(runs: list[RunResult], x_key: str = "train_seconds") -> dict[str, list[tuple[float, float]]]:
+    """Per family, its mean FID over seeds at each evaluation during training, against the mean
+    ``x_key`` there: [(x, fid), ...] sorted by x. Evaluations are matched across seeds by their budget
+    fraction (the TrainingBudget's eval_at), else by their order."""
+    points: dict[str, dict[Any, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if r.status != "ok":
+            continue
+        history = sorted(
+            (h for h in r.history if h.get("fid") is not None and h.get(x_key) is not None),
+            key=lambda h: float(h[x_key]),
+        )
+        for i, h in enumerate(history):
+            points[r.family][h.get("budget_fraction", i)].append((float(h[x_key]), float(h["fid"])))
+    return {
+        family: sorted((sum(x for x, _ in v) / len(v), sum(f for _, f in v) / len(v)) for v in by_point.values())
+        for family, by_point in points.items()
+    }
+
+
+def curve_crossings(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tuple[float, int]]:
+    """Where two piecewise-linear curves cross on the x-range both cover: [(x, sign)], sign +1 when
+    ``b`` passes below ``a`` there (b better after x), -1 when ``a`` passes below ``b``."""
+    lo, hi = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+    xs = sorted({x for x, _ in a + b if lo <= x <= hi} | {lo, hi})
+
+    out: list[tuple[float, int]] = []
+    prev: tuple[float, float] | None = None  # the last x where the curves differ, and by how much
+    for x in xs:
+        d = _interp(a, x) - _interp(b, x)  # > 0: b is better (lower FID)
+        if d == 0:
+            continue
+        if prev is not None and (prev[1] > 0) != (d > 0):
+            x0, d0 = prev
+            out.append((x0 + (x - x0) * d0 / (d0 - d), 1 if d > 0 else -1))
+        prev = (x, d)
+    return out
+
+
+def _curves_sentence(runs: list[RunResult]) -> str:
+    """Who leads on FID early and late in training, where the curves cross, and whether the last
+    family closes its gap to the leader: does more compute change the order?"""
+    curves = {f: c for f, c in fid_curves(runs).items() if len(c) >= 2}
+    if len(curves) < 2:
+        return (
+            "FID against training time: no comparison: it needs two or more families evaluated at two or more "
+            "points during training (callbacks.budget.eval_at)."
+        )
+    lo = max(c[0][0] for c in curves.values())
+    hi = min(c[-1][0] for c in curves.values())
+    if lo >= hi:
+        return "FID against training time: no comparison: the families' evaluations cover no common training time."
+
+    def order_at(x: float) -> list[tuple[str, float]]:
+        return sorted(((f, _interp(c, x)) for f, c in curves.items()), key=lambda t: t[1])
+
+    def show(order: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{f} {format_value('fid', v)}" for f, v in order)
+
+    first, last = order_at(lo), order_at(hi)
+    sec = lambda x: format_value("train_seconds", x)  # noqa: E731
+    parts = [f"at {sec(lo)} s {show(first)}; at {sec(hi)} s {show(last)}"]
+    events = []
+    families = sorted(curves)
+    for i, fa in enumerate(families):
+        for fb in families[i + 1 :]:
+            for x, sign in curve_crossings(curves[fa], curves[fb]):
+                winner, loser = (fb, fa) if sign > 0 else (fa, fb)
+                events.append((x, f"{winner} passes {loser} at about {sec(x)} s"))
+    parts.append("; ".join(e for _, e in sorted(events)) if events else "no curves cross")
+    leader, trailer = last[0][0], last[-1][0]
+    gap0 = _interp(curves[trailer], lo) / max(_interp(curves[leader], lo), 1e-12)
+    gap1 = last[-1][1] / max(last[0][1], 1e-12)
+    if gap0 > 1:  # the last family was behind from the start: does more compute close the gap?
+        trend = "narrows" if gap1 < gap0 else "widens"
+        parts.append(f"{trailer}'s FID ratio to {leader} {trend} from {gap0:.2f}x to {gap1:.2f}x")
+    return (
+        "FID against training time (mean over seeds, linear between evaluations, on the time every family "
+        "covers): " + "; ".join(parts) + "."
+    )
+
+
+def _interp(curve: list[tuple[float, float]], x: float) -> float:
+    """The piecewise-linear curve's value at x (its end values outside its range)."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[0][1] if x <= curve[0][0] else curve[-1][1]
+
+
 def _cv_interval(std: float, mean: float, n: int) -> list[float]:
     """A 95% interval of the coefficient of variation std/|mean| from the chi-square interval of
     the standard deviation (the mean's own uncertainty is ignored: a first-order interval)."""
@@ -232,6 +323,7 @@ def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
         _metric_sentence(rows, "bpd", "Likelihood"),
         _sampling_sentence(rows),
         _training_cost_sentence(runs),
+        _curves_sentence(runs),
         _stability_sentence(rows),
     ]
     failed = [r["family"] for r in rows if r.get("kind", "family") == "family" and r.get("status") == "failed"]
