@@ -243,13 +243,11 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
     if not id_file.is_file() or not id_file.read_text().strip():
         return None
     import wandb
-    import yaml
 
+    from genbench import rundir
     from genbench.loggers import wandb_mode
 
-    config = {}
-    if (run_dir / "config_resolved.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text()) or {}
+    config = rundir.read_config(run_dir)
     conf = ((config.get("logger") or {}).get("wandb")) or {}
     mode = wandb_mode()
     run = wandb.init(

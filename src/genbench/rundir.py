@@ -43,6 +43,15 @@ FINAL_RECON = "samples/recon_final.png"  # SampleGrid (VAE): validation images a
 FINAL_INTERP = "samples/interp_final.png"  # SampleGrid: latent interpolations of the final model
 
 
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run's resolved config (``config_resolved.yaml``) as plain data, {} when it has none (a run
+    that failed before training wrote it): what the report and genbench-eval read of a run."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def write_failure(
     run_dir: Path,
     *,

@@ -36,7 +36,7 @@ from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable_dir
 from genbench.loggers import build_loggers, finish_wandb
 from genbench.models import FAMILIES, GenerativeModel, family_of_config
-from genbench.rundir import write_failure
+from genbench.rundir import CONFIG, write_failure
 from genbench.schema import validate_config
 from genbench.summary import print_summary, setup_run_logging
 
@@ -160,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if rank_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        OmegaConf.save(cfg, output_dir / CONFIG, resolve=True)
     for logger in loggers:
         logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     started = time.perf_counter()

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from genbench import rundir
 from genbench.errors import GenbenchError
 from genbench.io import read_json
@@ -119,9 +117,7 @@ def merge_evaluations(
 
 def load_run(run_dir: str | Path) -> RunResult:
     run = Path(run_dir)
-    config = {}
-    if (run / rundir.CONFIG).is_file():
-        config = yaml.safe_load((run / rundir.CONFIG).read_text()) or {}
+    config = rundir.read_config(run)
     failed = read_json(run / rundir.FAILED)
     train = read_json(run / rundir.METRICS) or {}
     # who wrote the run says which family it is; the config only for runs that never finished
