@@ -37,6 +37,14 @@ class PlainFormatter(ScalarFormatter):
         return f"{x:,.0f}" if abs(x) >= 1e4 else super().__call__(x, pos)
 
 
+def compact_count(x: float, pos: int | None = None) -> str:
+    """A count as a short tick label (60k, 1.2M): long counts under each tick run into each other."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
 def _log_label(x: float, pos: int | None = None) -> str:
     return f"{x:,.0f}" if x >= 1 else f"{x:g}"
 
@@ -93,6 +101,8 @@ def metrics_during_training(
         seen.add(run.family)
     for ax, (key, _, _) in zip(axes, metrics, strict=True):
         tidy_axis(ax, values[key])
+        if x_key == "images_seen":
+            ax.xaxis.set_major_formatter(FuncFormatter(compact_count))
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -17,8 +17,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from genbench.report.collect import RunResult  # noqa: E402
+from genbench.report.plots import compact_count  # noqa: E402
 
 #: Where Lightning's CSVLogger (conf/logger/csv.yaml: name csv, version "") writes in a run.
 CSV_METRICS = "csv/metrics.csv"
@@ -95,6 +97,7 @@ def per_seed_curves(runs: list[RunResult], path: Path, families: list[str] | Non
         ax_loss.set_xlabel("training step")
         ax_fid.set_title(f"{family}: FID per seed (lower is better)")
         ax_fid.set_xlabel("training images seen")
+        ax_fid.xaxis.set_major_formatter(FuncFormatter(compact_count))
         for ax in (ax_loss, ax_fid):
             if ax.has_data():
                 ax.legend(fontsize=7)
