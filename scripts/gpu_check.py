@@ -436,8 +436,8 @@ def measure_setting(
     # The models' own options where another change added them (not in --tiny for compile: the
     # model's compile would use Inductor, which on a CPU costs more than the whole check).
     extra = []
-    if want_cl and has["channels_last"]:
-        extra.append("model.channels_last=true")
+    if has["channels_last"]:  # explicit either way: the default (auto) turns it on for the DDPM on a GPU
+        extra.append(f"model.channels_last={'true' if want_cl else 'false'}")
     if want_compile and has["compile"] and plan["mode"] != "tiny":
         extra.append("model.compile=true")
     if extra:

@@ -129,6 +129,9 @@ def base_overrides(args: argparse.Namespace, family: str) -> list[str]:
         "trainer.limit_val_batches=2",
         "print_config=false",
         f"seed={args.seed}",
+        # layout for layout: the hand-written loop is contiguous, and `auto` would turn channels_last
+        # on (CPU runs; the DDPM on a GPU); `options` sets it per side after this
+        "model.channels_last=false",
         *(["trainer=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []),
         *args.override,
     ]
