@@ -258,7 +258,7 @@ def test_verdict_from_leaderboard_rows_and_training_cost(three_seed_runs: Path) 
     assert sentences[5] == (
         "FID against training time (mean over seeds, linear between evaluations, on the time every family "
         "covers): at 10.0 s gan 25.0, vae 35.0; at 20.0 s gan 12.0, vae 31.0; no curves cross; "
-        "vae's FID ratio to gan widens from 1.40x to 2.58x."
+        "FID divided by 2.08 (gan), 1.13 (vae) from 10.0 s to 20.0 s; vae's FID ratio to gan widens from 1.40x to 2.58x."
     )
     # GAN cv = 2/12 = 16.7%, VAE 1/31 = 3.2%; with 3 seeds their chi-square intervals overlap
     assert sentences[6].startswith("Stability (coefficient of variation of FID over seeds") and "16.7%" in sentences[6]
@@ -282,6 +282,7 @@ def test_fid_curves_cross_where_the_later_family_catches_up(tmp_path: Path) -> N
     assert curve_crossings(curves["gan"], curves["ddpm"]) == [(pytest.approx(x), 1)]
     sentence = [s for s in verdict(build_leaderboard(runs), runs) if s.startswith("FID against training time")][0]
     assert "at 10.0 s gan 20.0, ddpm 60.0; at 30.0 s ddpm 8.0, gan 12.0; ddpm passes gan at about 19.8 s" in sentence
+    assert "FID divided by 7.50 (ddpm), 1.67 (gan) from 10.0 s to 30.0 s" in sentence  # 60/8, 20/12
     assert "ratio" not in sentence  # the GAN was ahead at the start: no "gap closing" to report
     # one evaluation per family: no curve to compare
     one = find_runs([make_run(tmp_path / "one", f, 0, [30.0]).parent for f in ("gan", "vae")])

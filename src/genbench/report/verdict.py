@@ -262,6 +262,11 @@ def _curves_sentence(runs: list[RunResult]) -> str:
                 winner, loser = (fb, fa) if sign > 0 else (fa, fb)
                 events.append((x, f"{winner} passes {loser} at about {sec(x)} s"))
     parts.append("; ".join(e for _, e in sorted(events)) if events else "no curves cross")
+    # how much each family gained over that time: who improves fastest with more compute
+    gains = sorted(((f, _interp(c, lo) / max(_interp(c, hi), 1e-12)) for f, c in curves.items()), key=lambda t: -t[1])
+    parts.append(
+        "FID divided by " + ", ".join(f"{g:.2f} ({f})" for f, g in gains) + f" from {sec(lo)} s to {sec(hi)} s"
+    )
     leader, trailer = last[0][0], last[-1][0]
     gap0 = _interp(curves[trailer], lo) / max(_interp(curves[leader], lo), 1e-12)
     gap1 = last[-1][1] / max(last[0][1], 1e-12)
