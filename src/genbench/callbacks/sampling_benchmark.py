@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -136,7 +137,7 @@ class SamplingBenchmark(pl.Callback):
         own["noise"] = {
             "seeds": seeds,
             "values": {k: [m[k] for m in per_seed] for k in names},
-            "std": {k: _std([m[k] for m in per_seed]) for k in names},
+            "std": {k: statistics.stdev(m[k] for m in per_seed) for k in names},  # n - 1: sample std
         }
         choice = choose_sampler(self.results, own["noise"]["std"].get(NOISE_METRIC))
         log.info("Sampling noise (%d seeds): %s; %s", len(seeds), own["noise"]["std"], choice["text"])
@@ -145,15 +146,6 @@ class SamplingBenchmark(pl.Callback):
 #: the metric the sampler choice is made on, and how many standard deviations count as noise
 NOISE_METRIC = "eval/fid"
 NOISE_SIGMAS = 2.0
-
-
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (n - 1), 0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
 
 
 def choose_sampler(
