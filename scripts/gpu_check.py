@@ -63,7 +63,7 @@ FAMILIES = ("gan", "vae", "ddpm")
 #: seconds the whole check may take, counted from the wrapper's start (GPU_CHECK_T0, which includes
 #: `make setup`): a loan has 15 minutes of device time, machine start included.
 GPU_TIME_LIMIT_S = 480
-TINY_TIME_LIMIT_S = 300
+TINY_TIME_LIMIT_S = 480  # a fresh clone (cold caches, first compiles) on 2 cores needs more than a warm one
 
 #: the submodules compiled when the model config has no `compile` option: the networks, never the
 #: DDPM's EMA copy (it is only used for sampling) nor the VAE's scalar log_sigma
