@@ -10,6 +10,7 @@ record says which (``source``), so the report can tell the reader."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,17 @@ class RunResult:
             return None
         where = SOURCE_FILES.get(self.final_source)
         return f"{self.final_source} ({where})" if where else self.final_source
+
+    def fid_history(self, x_key: str) -> list[dict[str, Any]]:
+        """The evaluations with a finite FID and an ``x_key`` (images_seen, train_seconds...), sorted
+        by it: the run's FID curve during training. A later ``genbench-eval`` of a checkpoint has no
+        training position, so it has no place on such an axis."""
+        points = [
+            h
+            for h in self.history
+            if h.get(x_key) is not None and h.get("fid") is not None and math.isfinite(float(h["fid"]))
+        ]
+        return sorted(points, key=lambda h: float(h[x_key]))
 
     @property
     def last_ckpt(self) -> Path:

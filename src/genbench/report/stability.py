@@ -53,8 +53,7 @@ def loss_curves(run: RunResult, path: str = CSV_METRICS) -> dict[str, list[tuple
 def fid_curve(run: RunResult, x_key: str = "images_seen") -> list[tuple[float, float]]:
     """(images seen, FID) at each evaluation point of the run during training (records without
     ``x_key``, e.g. a later ``genbench-eval`` of a checkpoint, have no place on this axis)."""
-    points = [(h.get(x_key), h.get("fid")) for h in run.history]
-    return sorted((float(x), float(y)) for x, y in points if x is not None and y is not None and math.isfinite(y))
+    return [(float(h[x_key]), float(h["fid"])) for h in run.fid_history(x_key)]
 
 
 def per_seed_curves(runs: list[RunResult], path: Path, families: list[str] | None = None) -> Path | None:

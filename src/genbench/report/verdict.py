@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from genbench.report.collect import RunResult
 from genbench.report.leaderboard import CONFIDENCE, METRIC_INFO, format_value, summarize
 
@@ -138,19 +140,14 @@ def training_cost_to_fid(
     it and the question is only how soon. Returns (threshold, {family: [one dict per run]}); a run
     that never reaches it has ``images_seen`` None."""
 
-    def curve(run: RunResult) -> list[dict[str, Any]]:
-        # the evaluations during training (they carry images_seen); a later genbench-eval has none
-        points = [h for h in run.history if h.get("fid") is not None and h.get("images_seen") is not None]
-        return sorted(points, key=lambda h: h["images_seen"])
-
-    ok = [r for r in runs if r.status == "ok" and curve(r)]
+    ok = [r for r in runs if r.status == "ok" and r.fid_history("images_seen")]
     if not ok:
         return None, {}
     if threshold is None:
-        threshold = max(float(curve(r)[-1]["fid"]) for r in ok)
+        threshold = max(float(r.fid_history("images_seen")[-1]["fid"]) for r in ok)
     out: dict[str, list[dict[str, Any]]] = {}
     for r in ok:
-        points = curve(r)
+        points = r.fid_history("images_seen")
         hit = next((h for h in points if float(h["fid"]) <= threshold + 1e-9), None)
         out.setdefault(r.family, []).append(
             {
@@ -200,11 +197,7 @@ def fid_curves(runs: list[RunResult], x_key: str = "train_seconds") -> dict[str,
     for r in runs:
         if r.status != "ok":
             continue
-        history = sorted(
-            (h for h in r.history if h.get("fid") is not None and h.get(x_key) is not None),
-            key=lambda h: float(h[x_key]),
-        )
-        for i, h in enumerate(history):
+        for i, h in enumerate(r.fid_history(x_key)):
             points[r.family][h.get("budget_fraction", i)].append((float(h[x_key]), float(h["fid"])))
     return {
         family: sorted((sum(x for x, _ in v) / len(v), sum(f for _, f in v) / len(v)) for v in by_point.values())
@@ -281,10 +274,7 @@ def _curves_sentence(runs: list[RunResult]) -> str:
 
 def _interp(curve: list[tuple[float, float]], x: float) -> float:
     """The piecewise-linear curve's value at x (its end values outside its range)."""
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return curve[0][1] if x <= curve[0][0] else curve[-1][1]
+    return float(np.interp(x, [p[0] for p in curve], [p[1] for p in curve]))
 
 
 def _cv_interval(std: float, mean: float, n: int) -> list[float]:
