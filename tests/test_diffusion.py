@@ -193,10 +193,10 @@ def test_sampler_label_and_describe() -> None:
     s = NoiseSchedule(100, "cosine")
     ddim = DDIMSampler(s, steps=10, eta=0.5)
     assert ddim.label == "ddim-10"
-    assert ddim.describe() == {"name": "ddim", "steps": 10, "eta": 0.5}
+    assert ddim.describe() == {"name": "ddim", "steps": 10, "nfe": 10, "eta": 0.5}
     assert DDIMSampler(steps=50).label == "ddim-50"  # known before it is bound
     ancestral = AncestralSampler(s, variance="beta")
     assert ancestral.label == "ancestral-100"
-    assert ancestral.describe() == {"name": "ancestral", "steps": 100, "variance": "beta"}
+    assert ancestral.describe() == {"name": "ancestral", "steps": 100, "nfe": 100, "variance": "beta"}
     with pytest.raises(GenbenchError, match="bind"):
         _ = AncestralSampler().label  # its step count is the schedule's T

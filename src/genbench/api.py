@@ -29,8 +29,22 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from genbench import CONFIG_DIR
 from genbench.errors import GenbenchError
 
-#: the samplers ``sample(..., sampler=<name>)`` knows (conf/sampler/<name>.yaml)
-SAMPLERS = ("ddim", "ancestral")
+
+def sampler_names() -> list[str]:
+    """The samplers ``sample(..., sampler=<name>)`` knows: one per conf/sampler/<name>.yaml, so a
+    new sampler is a config file (and its class), not an edit here."""
+    return sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
+
+
+def build_sampler(name: str, **kwargs: Any) -> Any:
+    """The sampler conf/sampler/<name>.yaml describes, with ``kwargs`` overriding its settings
+    (unbound: the model that samples with it binds it)."""
+    from hydra.utils import instantiate
+
+    path = CONFIG_DIR / "sampler" / f"{name}.yaml"
+    if not path.is_file():
+        raise GenbenchError(f"Unknown sampler '{name}': use one of {', '.join(sampler_names())} (or a Sampler).")
+    return instantiate(OmegaConf.merge(OmegaConf.load(path), dict(kwargs)))
 
 
 @dataclass
@@ -107,23 +121,23 @@ def _sampler(model: Any, sampler: Any, sampler_kwargs: Mapping[str, Any]) -> dic
     if sampler is None and not sampler_kwargs:
         return {}
     if not getattr(model, "supports_samplers", False):
-        raise GenbenchError(f"A {model.family} has one way to sample: leave out sampler= (only the DDPM has samplers).")
+        raise GenbenchError(
+            f"A {model.family} has one way to sample: leave out sampler= (it takes no sampler settings)."
+        )
     if isinstance(sampler, str):
-        from genbench.diffusion import AncestralSampler, DDIMSampler
-
-        classes = {"ddim": DDIMSampler, "ancestral": AncestralSampler}
-        if sampler not in classes:
-            raise GenbenchError(f"Unknown sampler '{sampler}': use one of {', '.join(SAMPLERS)} (or a Sampler).")
-        sampler = classes[sampler](**sampler_kwargs)
+        sampler = build_sampler(sampler, **sampler_kwargs)
     elif sampler_kwargs:
-        raise GenbenchError(f"Sampler settings {dict(sampler_kwargs)} need sampler=<name> ({', '.join(SAMPLERS)}).")
+        raise GenbenchError(
+            f"Sampler settings {dict(sampler_kwargs)} need sampler=<name> ({', '.join(sampler_names())})."
+        )
     return {"sampler": sampler}
 
 
 def sample(model: Any, n: int, seed: int = 0, sampler: Any = None, **sampler_kwargs: Any) -> torch.Tensor:
     """``n`` images as uint8 (n, C, H, W) on the CPU, from a generator seeded with ``seed`` (the
-    same images on every call). DDPM only: ``sampler="ddim", steps=50`` (or ``"ancestral"``, or a
-    Sampler object); None: the model's own sampler."""
+    same images on every call). For a model with ``supports_samplers``: ``sampler="ddim", steps=50``
+    (any name of :func:`sampler_names`, with its settings), or a Sampler object; None: the model's
+    own sampler."""
     from genbench.metrics import sample_uint8
 
     kwargs = _sampler(model, sampler, sampler_kwargs)
@@ -172,4 +186,4 @@ def evaluate(
     return evaluator.evaluate(images)
 
 
-__all__ = ["SAMPLERS", "Run", "compose", "evaluate", "load", "sample", "train"]
+__all__ = ["Run", "build_sampler", "compose", "evaluate", "load", "sample", "sampler_names", "train"]

@@ -19,7 +19,6 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import save_image
 
-from genbench.diffusion import DDIMSampler
 from genbench.latents import INTERP, RECON, image_grid, interpolation_grid, reconstruction_grid, save_png
 from genbench.stopping import StopRequested
 
@@ -107,10 +106,10 @@ class SampleGrid(pl.Callback):
         if self.interpolation_rows < 1:
             return
         generator = torch.Generator().manual_seed(self.seed)
-        # the grids' own DDIM eta=0 sampler (e.g. debug=fast's 4 steps) decodes x_T; anything
-        # stochastic is left to the DDPM's default deterministic one
+        # the grids' own deterministic sampler (e.g. debug=fast's 4-step DDIM eta=0) decodes x_T;
+        # anything stochastic is left to the model's default deterministic one
         sampler = self.sample_kwargs.get("sampler")
-        kwargs = {"sampler": sampler} if isinstance(sampler, DDIMSampler) and sampler.eta == 0 else {}
+        kwargs = {"sampler": sampler} if getattr(sampler, "deterministic", False) else {}
         try:
             grid = interpolation_grid(pl_module, self.interpolation_rows, self.interpolation_steps, generator, **kwargs)
         except StopRequested as e:

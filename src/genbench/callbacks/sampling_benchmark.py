@@ -48,8 +48,9 @@ def time_sampling(model: pl.LightningModule, n: int, sampler: Any = None, seed: 
 class SamplingBenchmark(pl.Callback):
     """Args:
     num_images: images drawn for each throughput measurement.
-    samplers: name -> Sampler objects to measure (used only by models whose ``sample`` takes a
-        ``sampler``, i.e. the DDPM); the model's own sampler is always measured too, under its own name (e.g. ddim-10).
+    samplers: name -> unbound Sampler objects to measure (used only by models whose ``sample`` takes a
+        ``sampler``, i.e. ``supports_samplers``; the model readies each with ``prepare_sampler``); the
+        model's own sampler is always measured too, under its own name (e.g. ddim-10).
     evaluate: also compute the metrics of each extra sampler (needs an EvaluationCallback).
     timing_only: sampler names to time but not evaluate (e.g. the 1000-step ancestral sampler
         on a CPU, where evaluating thousands of samples would take an hour).
@@ -89,13 +90,14 @@ class SamplingBenchmark(pl.Callback):
         try:
             with preserved_training_state(pl_module):
                 for name, sampler in candidates.items():
-                    if sampler is not None:
-                        sampler = sampler.bind(pl_module.schedule)
+                    if sampler is not None:  # a model that takes samplers readies them for itself
+                        sampler = pl_module.prepare_sampler(sampler)
                     # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
                     used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
                     entry: dict[str, Any] = {
                         "sampler": used.label if used is not None else "default",
                         "steps": used.num_steps if used is not None else 1,
+                        "nfe": used.nfe if used is not None else 1,  # network evaluations per image
                         **time_sampling(pl_module, self.num_images, sampler),
                     }
                     if name == "default" and evaluation is not None and evaluation.last_result is not None:

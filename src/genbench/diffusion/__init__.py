@@ -1,6 +1,6 @@
 """Noise schedules and samplers for DDPM/DDIM, independent of any network."""
 
 from genbench.diffusion.samplers import AncestralSampler, DDIMSampler, Sampler
-from genbench.diffusion.schedule import NoiseSchedule
+from genbench.diffusion.schedule import PREDICTIONS, NoiseSchedule, to_x0_eps
 
-__all__ = ["AncestralSampler", "DDIMSampler", "NoiseSchedule", "Sampler"]
+__all__ = ["PREDICTIONS", "AncestralSampler", "DDIMSampler", "NoiseSchedule", "Sampler", "to_x0_eps"]

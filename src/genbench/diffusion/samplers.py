@@ -1,8 +1,16 @@
-"""Reverse-process samplers. Each is a small object: (eps_model, x_T, generator) -> x_0.
+"""Reverse-process samplers. Each is a small object: (model_fn, x_T, generator, prediction) -> x_0.
 
-``eps_model(x_t, t)`` is any callable predicting the noise; the sampler owns the maths of the
-schedule and nothing of the network. Given the same x_T and the same ``generator`` state, a
-sampler is deterministic (DDIM with eta=0 needs no generator at all).
+``model_fn(x_t, t)`` is any callable returning the network's raw output, and ``prediction`` says
+what that output is ("eps", "x0" or "v", :data:`~genbench.diffusion.schedule.PREDICTIONS`): a
+property of the model, which passes it in, so one sampler serves networks trained on any target.
+The sampler owns the maths of the schedule and nothing of the network. Given the same x_T and the
+same ``generator`` state, a sampler is deterministic (DDIM with eta=0 needs no generator at all).
+
+The protocol generic code may rely on (the callbacks and the API use nothing else):
+``bind(schedule)`` (done by the model that samples), ``num_steps``, ``nfe_per_step`` and ``nfe``
+(network evaluations: the cost), ``deterministic`` (x_0 is a function of x_T alone), ``label``,
+``describe()``, and ``step(i, output, x, t, generator, prediction)`` returning
+``(x_prev, x0_pred)`` like diffusers' schedulers (``prev_sample``, ``pred_original_sample``).
 """
 
 from collections.abc import Callable
@@ -12,11 +20,12 @@ import torch
 from rich.progress import Progress
 
 from genbench import GenbenchError
-from genbench.diffusion.schedule import NoiseSchedule, _extract
+from genbench.diffusion.schedule import NoiseSchedule, _extract, check_prediction, to_x0_eps
 from genbench.reproducibility import randn
 from genbench.stopping import check_stop
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``model_fn(x_t, t)``: the network's raw output, read according to the ``prediction`` type
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Sampler:
@@ -28,6 +37,10 @@ class Sampler:
 
     name = "sampler"
     clip_x0 = True
+    #: network evaluations per step (1 for DDIM and ancestral; a 2nd-order solver would say 2)
+    nfe_per_step: int = 1
+    #: whether the sample is a function of x_T alone (no fresh noise per step)
+    deterministic: bool = False
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule
@@ -48,6 +61,12 @@ class Sampler:
         return len(self.timesteps())
 
     @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: what sampling costs, comparable across samplers whose
+        steps cost different numbers of evaluations."""
+        return self.num_steps * self.nfe_per_step
+
+    @property
     def label(self) -> str:
         """A short name for tables and metric records, e.g. ``ddim-50`` or ``ancestral-1000``: the
         number of steps is what sets both the cost and the quality, so it is part of the name."""
@@ -55,7 +74,7 @@ class Sampler:
 
     def describe(self) -> dict[str, Any]:
         """What drew the samples, recorded with the metrics; subclasses add their own settings."""
-        return {"name": self.name, "steps": self.num_steps}
+        return {"name": self.name, "steps": self.num_steps, "nfe": self.nfe}
 
     def timesteps(self) -> list[int]:
         raise NotImplementedError
@@ -63,19 +82,22 @@ class Sampler:
     def prepare(self, timesteps: list[int], dtype: torch.dtype, device: torch.device) -> None:
         """Precompute per-step quantities for ``timesteps`` in ``dtype`` on ``device`` (default: none)."""
 
-    def _x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        x0 = self.schedule.predict_x0(xt, t, eps)
+    def _x0(self, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor, prediction: str) -> torch.Tensor:
+        x0, _ = self.schedule.to_x0_eps(xt, t, output, prediction)
         return x0.clamp(-1, 1) if self.clip_x0 else x0
 
     @torch.no_grad()
     def __call__(
         self,
-        eps_model: EpsModel,
+        model_fn: ModelFn,
         x_T: torch.Tensor,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        prediction: str = "eps",
     ) -> torch.Tensor:
+        """x_0 in [-1, 1] from x_T, ``model_fn``'s output read as ``prediction``."""
         self._require_schedule()
+        check_prediction(prediction)
         ts = self.timesteps()
         self.prepare(ts, x_T.dtype, x_T.device)
         x = x_T
@@ -84,15 +106,23 @@ class Sampler:
             for i, t in enumerate(ts):
                 check_stop()  # a SIGTERM takes effect within one network evaluation
                 tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-                x = self.step(i, eps_model(x, tt), x, tt, generator)
+                x, _ = self.step(i, model_fn(x, tt), x, tt, generator, prediction)
                 bar.advance(task)
         return x.clamp(-1, 1)
 
     def step(
-        self, i: int, eps: torch.Tensor, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
+        self,
+        i: int,
+        output: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None,
+        prediction: str = "eps",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step ``i`` of ``timesteps()``: from x_t (t = timesteps()[i]) to the next visited
-        timestep, or to x_0 after the last one."""
+        timestep, or to x_0 after the last one. Returns ``(x_prev, x0)``: the x_0 the step used
+        (clipped when ``clip_x0``) comes back too, as diffusers' schedulers return it, for
+        progress views and for solvers that reuse it."""
         raise NotImplementedError
 
 
@@ -117,14 +147,15 @@ class AncestralSampler(Sampler):
     def timesteps(self) -> list[int]:
         return list(range(self._require_schedule().timesteps - 1, -1, -1))
 
-    def step(self, i, eps, x, t, generator):  # noqa: D102
+    def step(self, i, output, x, t, generator, prediction="eps"):  # noqa: D102
         s = self.schedule
-        mean = s.posterior_mean(self._x0(x, t, eps), x, t)
+        x0 = self._x0(x, t, output, prediction)
+        mean = s.posterior_mean(x0, x, t)
         if i == s.timesteps - 1:  # t = 0: the mean is the sample
-            return mean
+            return mean, x0
         log_var = s.posterior_log_var_clipped if self.variance == "beta_tilde" else torch.log(s.betas)
         noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        return mean + torch.exp(0.5 * _extract(log_var, t, x.ndim)) * noise
+        return mean + torch.exp(0.5 * _extract(log_var, t, x.ndim)) * noise, x0
 
 
 class DDIMSampler(Sampler):
@@ -150,6 +181,11 @@ class DDIMSampler(Sampler):
     def num_steps(self) -> int:
         """``steps``, known without a schedule (``timesteps()`` visits exactly that many)."""
         return self.steps
+
+    @property
+    def deterministic(self) -> bool:
+        """eta = 0 draws no noise: x_0 is a function of x_T (what decoding a latent needs)."""
+        return self.eta == 0
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {**super().describe(), "eta": self.eta}
@@ -191,16 +227,17 @@ class DDIMSampler(Sampler):
     def prepare(self, timesteps: list[int], dtype: torch.dtype, device: torch.device) -> None:  # noqa: D102
         self._coefs = {k: v.to(device=device, dtype=dtype) for k, v in self.coefficients(timesteps).items()}
 
-    def step(self, i, eps, x, t, generator):  # noqa: D102
+    def step(self, i, output, x, t, generator, prediction="eps"):  # noqa: D102
         c = {k: v[i] for k, v in self._coefs.items()}
-        x0 = (x - c["sqrt_one_minus_ab"] * eps) / c["sqrt_ab"]
+        # the float64-derived coefficients, not the schedule's buffers (for eps: the same arithmetic as before)
+        x0, _ = to_x0_eps(x, output, prediction, c["sqrt_ab"], c["sqrt_one_minus_ab"])
         if self.clip_x0:
             x0 = x0.clamp(-1, 1)
         if i == len(self._coefs["dir"]) - 1:
-            return x0
+            return x0, x0
         # Recompute eps from the clipped x0 so the direction stays consistent with it.
         eps = (x - c["sqrt_ab"] * x0) / c["sqrt_one_minus_ab"]
         x_prev = c["sqrt_ab_prev"] * x0 + c["dir"] * eps
         if self.eta > 0:
             x_prev = x_prev + c["sigma"] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        return x_prev
+        return x_prev, x0

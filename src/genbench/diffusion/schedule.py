@@ -52,6 +52,44 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
 
 
+#: what a diffusion network can be trained to predict from x_t: the noise, the clean image, or
+#: v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho, 2022); a property of the model
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def check_prediction(prediction: str) -> str:
+    """``prediction`` if it is one of :data:`PREDICTIONS`, else a one-line error naming them."""
+    if prediction not in PREDICTIONS:
+        raise GenbenchError(f"Unknown prediction type '{prediction}': use model.prediction=eps, x0 or v.")
+    return prediction
+
+
+def to_x0_eps(
+    x_t: torch.Tensor,
+    output: torch.Tensor,
+    prediction: str,
+    sqrt_ab: torch.Tensor | float,
+    sqrt_one_minus_ab: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_0, eps) from a network's ``output`` at x_t = sqrt_ab x_0 + sqrt_one_minus_ab eps.
+
+    The one place that knows what each prediction type means, so a sampler works with any of them.
+    The coefficients are arguments (broadcastable to x_t) because DDIM brings its own, computed in
+    float64 (``DDIMSampler.coefficients``), while :meth:`NoiseSchedule.to_x0_eps` takes the
+    schedule's buffers. For "eps" the arithmetic is exactly :meth:`NoiseSchedule.predict_x0`'s, so
+    switching to this function changes no sample by a bit. For "v", x_0 = sqrt_ab x_t -
+    sqrt_one_minus_ab v and eps = sqrt_one_minus_ab x_t + sqrt_ab v (using abar + (1 - abar) = 1).
+    """
+    if prediction == "eps":
+        return (x_t - sqrt_one_minus_ab * output) / sqrt_ab, output
+    if prediction == "x0":
+        return output, (x_t - sqrt_ab * output) / sqrt_one_minus_ab
+    if prediction == "v":
+        return sqrt_ab * x_t - sqrt_one_minus_ab * output, sqrt_one_minus_ab * x_t + sqrt_ab * output
+    check_prediction(prediction)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _extract(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """values[t] reshaped to broadcast over a batch of images."""
     return values.gather(0, t).view(-1, *([1] * (ndim - 1)))
@@ -161,6 +199,36 @@ class NoiseSchedule(nn.Module):
         return (xt - _extract(self.sqrt_one_minus_alpha_bar, t, xt.ndim) * eps) / _extract(
             self.sqrt_alpha_bar, t, xt.ndim
         )
+
+    def to_x0_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor, prediction: str = "eps"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, eps) from a network's ``output`` at (x_t, t) under this schedule (see :func:`to_x0_eps`)."""
+        return to_x0_eps(
+            x_t,
+            output,
+            prediction,
+            _extract(self.sqrt_alpha_bar, t, x_t.ndim),
+            _extract(self.sqrt_one_minus_alpha_bar, t, x_t.ndim),
+        )
+
+    def prediction_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction: str = "eps"
+    ) -> torch.Tensor:
+        """What a network of this ``prediction`` type should output for x_t = q_sample(x0, t, noise):
+        the training target, and the inverse of :meth:`to_x0_eps`. For "eps" it is ``noise`` itself,
+        so the default DDPM objective is unchanged."""
+        if prediction == "eps":
+            return noise
+        if prediction == "x0":
+            return x0
+        if prediction == "v":
+            return (
+                _extract(self.sqrt_alpha_bar, t, x0.ndim) * noise
+                - _extract(self.sqrt_one_minus_alpha_bar, t, x0.ndim) * x0
+            )
+        check_prediction(prediction)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def posterior_mean(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(x_{t-1} | x_t, x_0)."""

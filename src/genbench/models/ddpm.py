@@ -1,9 +1,10 @@
 """DDPM (Ho et al., 2020): a network learns to predict the noise added by q(x_t | x_0).
 
-The module combines three separate objects: the network (any ``eps(x_t, t)``), the
+The module combines three separate objects: the network (any ``net(x_t, t)``), the
 ``NoiseSchedule`` and a ``Sampler``. It trains on the simple objective
 E_{t, x_0, eps} ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2 and samples
-with an EMA copy of the network.
+with an EMA copy of the network. ``prediction`` (default "eps") says what the network outputs;
+"x0" or "v" change the regression target to match, and the samplers read the output accordingly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from genbench import GenbenchError
 from genbench.diffusion import DDIMSampler, NoiseSchedule, Sampler
-from genbench.diffusion.schedule import _extract
+from genbench.diffusion.schedule import _extract, check_prediction
 from genbench.metrics.likelihood import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
@@ -45,12 +46,15 @@ class DDPM(GenerativeModel):
         sample_batch_size: int = 256,
         channels_last: bool | str = False,
         compile: bool | dict[str, Any] | None = False,  # the config key model.compile
+        prediction: str = "eps",
     ) -> None:
         super().__init__(channels, image_size, sample_batch_size, channels_last, compile)
         self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "scheduler"])
+        #: what the network outputs ("eps", "x0" or "v"): its training target, passed to every sampler
+        self.prediction = check_prediction(prediction)
         self.net = net
         self.schedule = schedule
-        self.sampler = sampler.bind(schedule)
+        self.sampler = self.prepare_sampler(sampler)
         self.ema = EMA(net, decay=ema_decay)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -76,7 +80,7 @@ class DDPM(GenerativeModel):
     def diffusion_loss(
         self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """The epsilon-prediction MSE at uniformly drawn timesteps."""
+        """The MSE to the ``prediction`` target (the noise by default) at uniformly drawn timesteps."""
         n = x0.shape[0]
         if generator is None:
             t = self.schedule.sample_timesteps(n, x0.device)
@@ -85,7 +89,8 @@ class DDPM(GenerativeModel):
             t = torch.randint(0, self.schedule.timesteps, (n,), generator=generator, device=generator.device)
             t = t.to(x0.device)
             noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-        return F.mse_loss(net(self.schedule.q_sample(x0, t, noise), t), noise)
+        target = self.schedule.prediction_target(x0, noise, t, self.prediction)
+        return F.mse_loss(net(self.schedule.q_sample(x0, t, noise), t), target)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss = self.diffusion_loss(self.net, batch[0])
@@ -116,37 +121,44 @@ class DDPM(GenerativeModel):
         progress: bool = False,
         **kwargs: Any,
     ) -> torch.Tensor:
-        sampler = self.sampler if sampler is None else sampler.bind(self.schedule)
+        sampler = self.sampler if sampler is None else self.prepare_sampler(sampler)
         x_T = self.randn(n, *self.image_shape, generator=generator)
         net = self.ema.shadow if use_ema else self.net
-        return sampler(net, x_T, generator=generator, progress=progress)
+        return sampler(net, x_T, generator=generator, progress=progress, prediction=self.prediction)
+
+    def prepare_sampler(self, sampler: Sampler) -> Sampler:
+        """``sampler`` bound to this model's noise schedule (in place; returned for chaining).
+
+        Callers (callbacks, the API) hand the DDPM unbound samplers built from conf/sampler and
+        let it do this, so nothing generic needs to know that a schedule exists."""
+        return sampler.bind(self.schedule)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """x_T: DDIM with eta=0 maps it to an image deterministically (Song et al., 2021, sec. 5)."""
         return self.image_shape
 
-    def deterministic_sampler(self, sampler: Sampler | None = None) -> DDIMSampler:
-        """The sampler that decodes x_T: ``sampler`` if it is DDIM with eta=0, else the model's own
-        when it is one, else DDIM eta=0 with 50 steps (at most T). Anything with fresh noise per
-        step (ancestral, eta > 0) would not be a function of x_T, and is refused."""
+    def deterministic_sampler(self, sampler: Sampler | None = None) -> Sampler:
+        """The sampler that decodes x_T: ``sampler`` if it is deterministic (DDIM with eta=0), else
+        the model's own when it is, else DDIM eta=0 with 50 steps (at most T). Anything with fresh
+        noise per step (ancestral, eta > 0) would not be a function of x_T, and is refused."""
         if sampler is None:
-            own = self.sampler
-            if isinstance(own, DDIMSampler) and own.eta == 0:
-                return own
+            if self.sampler.deterministic:
+                return self.sampler
             return DDIMSampler(self.schedule, steps=min(50, self.schedule.timesteps), eta=0.0)
-        if not (isinstance(sampler, DDIMSampler) and sampler.eta == 0):
+        if not sampler.deterministic:
+            eta = getattr(sampler, "eta", None)
             raise GenbenchError(
                 f"Decoding x_T needs a deterministic sampler, got {sampler.name}"
-                f"{f' with eta={sampler.eta}' if isinstance(sampler, DDIMSampler) else ''}: use sampler=ddim sampler.eta=0."
+                f"{f' with eta={eta}' if eta is not None else ''}: use sampler=ddim sampler.eta=0."
             )
-        return sampler.bind(self.schedule)
+        return self.prepare_sampler(sampler)
 
     def _decode_batch(
         self, z: torch.Tensor, sampler: Sampler | None = None, use_ema: bool = True, **kwargs: Any
     ) -> torch.Tensor:
         net = self.ema.shadow if use_ema else self.net
-        return self.deterministic_sampler(sampler)(net, z)
+        return self.deterministic_sampler(sampler)(net, z, prediction=self.prediction)
 
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
     @property
@@ -176,13 +188,13 @@ class DDPM(GenerativeModel):
         """The bound's term at timestep index t (0-based, one per image), per image in nats, with
         x_t = q_sample(x_0, t, noise): for t >= 1, L_{t} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t));
         for t = 0, L_0 = -log p(x_0|x_1) under the discretised Gaussian decoder. p's mean comes from the
-        predicted noise via the clipped x_0 prediction (as the samplers do), its variance is
+        network's output via the clipped x_0 prediction (as the samplers do), its variance is
         :meth:`reverse_log_variance`. ``net`` defaults to the EMA weights that sampling uses."""
         s = self.schedule
         net = self.ema.shadow if net is None else net
         xt = s.q_sample(x0, t, noise)
-        eps = net(xt, t)
-        x0_pred = s.predict_x0(xt, t, eps).clamp(-1, 1)
+        x0_pred, _ = s.to_x0_eps(xt, t, net(xt, t), self.prediction)
+        x0_pred = x0_pred.clamp(-1, 1)
         model_mean = s.posterior_mean(x0_pred, xt, t).double()
         model_logvar = _extract(self.reverse_log_variance(), t, x0.ndim).double()
         true_mean = s.posterior_mean(x0, xt, t).double()
