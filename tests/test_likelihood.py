@@ -1,4 +1,4 @@
-"""Likelihood in bits/dim (genbench.metrics.likelihood) against hand-computable cases.
+"""Likelihood in bits/dim (genbench.distributions, genbench.metrics.likelihood) against hand-computable cases.
 
 The discretised likelihoods are checked against exact CDF differences in 1000-digit arithmetic
 (mpmath), the KLs against torch.distributions, the DDPM bound term by term against the paper's
@@ -17,16 +17,15 @@ from conftest import FAST, compose_train, tiny
 from genbench import GenbenchError
 from genbench.config import build
 from genbench.data.synthetic import make_shapes
-from genbench.metrics.likelihood import (
-    NO_LIKELIHOOD,
+from genbench.distributions import (
     LikelihoodConfig,
     discretized_gaussian_log_likelihood,
     discretized_logistic_log_likelihood,
-    evaluate_likelihood,
     logmeanexp,
     nats_to_bits_per_dim,
     normal_kl,
 )
+from genbench.metrics.likelihood import NO_LIKELIHOOD, evaluate_likelihood
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 8-bit grid on [-1, 1]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference_metrics as ref  # tests/: the formulas written independently of torch-fidelity
 from genbench import GenbenchError
 from genbench.data import SyntheticDataModule
 from genbench.metrics import (
@@ -29,7 +30,6 @@ from genbench.metrics import (
     inception_spec,
     resolve_extractor,
 )
-from genbench.metrics import functional as Fn
 from genbench.metrics.in_domain import build_domain_cnn, load_extractor_file
 from genbench.metrics.in_domain_training import classifier_accuracy, extractor_report
 from genbench.metrics.inception import INCEPTION_FILENAME
@@ -136,7 +136,7 @@ def test_reported_fid_equals_independent_scipy_frechet_distance(synth):
 
     f_gen, _ = features_of(synth.path, to_uint8(gen))
     f_real, _ = features_of(synth.path, real)
-    expected = Fn.fid_from_features(f_gen, f_real)
+    expected = ref.fid_from_features(f_gen, f_real)
     assert reported == pytest.approx(expected, rel=1e-3)
 
 
@@ -165,7 +165,7 @@ def test_kid_and_is_match_a_hand_computation_on_a_tiny_case(synth):
     kl = [sum(pi[c] * math.log(pi[c] / py[c]) for c in range(len(py))) for pi in p]
     assert got["is_mean"] == pytest.approx(math.exp(np.mean(kl)), rel=1e-5)
     assert got["is_std"] == 0.0
-    assert got["is_mean"] == pytest.approx(Fn.inception_score(logits, splits=1)[0], rel=1e-6)
+    assert got["is_mean"] == pytest.approx(ref.inception_score(logits, splits=1)[0], rel=1e-6)
 
 
 def test_precision_recall_real_vs_real_near_one_and_noise_near_zero(synth):
@@ -180,16 +180,16 @@ def test_precision_recall_real_vs_real_near_one_and_noise_near_zero(synth):
     # and torch-fidelity agrees with the independent implementation (input1 = generated)
     f_gen, _ = features_of(synth.path, synth.real[:256])
     f_real, _ = features_of(synth.path, synth.real[256:])
-    p, r = Fn.precision_recall(f_gen, f_real, k=3)
+    p, r = ref.precision_recall(f_gen, f_real, k=3)
     assert (rr["precision"], rr["recall"]) == pytest.approx((p, r), abs=1 / 256)
 
 
 def test_frechet_distance_of_1d_gaussians_is_analytic():
     # d^2 = (m1 - m2)^2 + (s1 - s2)^2 for 1-D Gaussians N(m, s^2)
-    got = Fn.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-1.0]), np.array([[9.0]]))
+    got = ref.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-1.0]), np.array([[9.0]]))
     assert got == pytest.approx(4.0 + 1.0)
     s = np.diag([1.0, 2.0, 3.0])
-    assert Fn.frechet_distance(np.zeros(3), s, np.zeros(3), s) == pytest.approx(0.0, abs=1e-9)
+    assert ref.frechet_distance(np.zeros(3), s, np.zeros(3), s) == pytest.approx(0.0, abs=1e-9)
 
 
 # --- the real-statistics cache ------------------------------------------------------------------

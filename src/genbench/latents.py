@@ -96,9 +96,9 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) 
     return make_grid(images.float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=padding, pad_value=1.0)
 
 
-def to_grid_uint8(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """[-1, 1] images -> one uint8 grid image (C, H, W), ``nrow`` images per row, rounded as
-    torchvision's ``save_image`` rounds."""
+def to_grid_uint8(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """[-1, 1] images -> one uint8 grid image (C, H, W), ``nrow`` images per row (square-ish by
+    default), rounded as torchvision's ``save_image`` rounds."""
     return image_grid(images, nrow=nrow).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
@@ -133,6 +133,11 @@ def save_png(grid_u8: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, encode_png(grid_u8.cpu()).numpy().tobytes())
     return path
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """[-1, 1] images -> a PNG grid at ``path`` (square-ish by default), written atomically."""
+    return save_png(to_grid_uint8(images, nrow), path)
 
 
 def write_latent_grids(

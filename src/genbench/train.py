@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench import CONFIG_DIR
 from genbench.callbacks import ResumeCheckpoint, link_callbacks
+from genbench.callbacks.resume import cluster_callbacks
 from genbench.checkpointing import (
     check_resume_compatible,
     checkpoint_dir,
     resolve_ckpt_path,
     resume_csv_history,
 )
-from genbench.cluster import cluster_callbacks, cluster_plugins
+from genbench.cluster import cluster_plugins
 from genbench.compat import install_ddp_child_command
 from genbench.config import build, print_config_tree
 from genbench.devices import reduced_precision_warning

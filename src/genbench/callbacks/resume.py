@@ -265,3 +265,11 @@ class ResumeCheckpoint(pl.Callback):
                 len(ranks),
                 trainer.world_size,
             )
+
+
+def cluster_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
+    """Callbacks a run needs because of where it runs: inside a SLURM job, a ResumeCheckpoint
+    (signals -> last.ckpt -> requeue) even where the callbacks config has none."""
+    if in_slurm_job() and not any(isinstance(cb, ResumeCheckpoint) for cb in callbacks):
+        return [ResumeCheckpoint(every_n_train_steps=None, every_n_minutes=None)]
+    return []

@@ -17,19 +17,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torchvision.utils import save_image
 
-from genbench.latents import INTERP, RECON, image_grid, interpolation_grid, reconstruction_grid, save_png
+from genbench.latents import INTERP, RECON, image_grid, interpolation_grid, reconstruction_grid, save_grid, save_png
 from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.train")
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image_grid(images, nrow), path)
-    return path
 
 
 class SampleGrid(pl.Callback):

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench.callbacks.evaluation import EvaluationCallback
-from genbench.metrics import sample_uint8
+from genbench.metrics import NOISE_METRIC, sample_uint8
 from genbench.reproducibility import preserved_training_state
 from genbench.stopping import StopRequested
 
@@ -145,8 +145,7 @@ class SamplingBenchmark(pl.Callback):
         log.info("Sampling noise (%d seeds): %s; %s", len(seeds), own["noise"]["std"], choice["text"])
 
 
-#: the metric the sampler choice is made on, and how many standard deviations count as noise
-NOISE_METRIC = "eval/fid"
+#: how many standard deviations of NOISE_METRIC (genbench.metrics) count as noise
 NOISE_SIGMAS = 2.0
 
 

@@ -6,12 +6,14 @@
 * :mod:`~genbench.cluster.launcher`: the SLURM launcher, which reports jobs that ended without a
   result instead of waiting for them forever;
 * :mod:`~genbench.cluster.environment`: what a run does differently inside a SLURM job (the
-  requeue callback, Lightning's SLURM environment without its own auto-requeue, the restart count).
+  requeue decision, Lightning's SLURM environment without its own auto-requeue, the restart count).
 
-The save-and-requeue mechanism itself is a Lightning callback, :class:`genbench.callbacks.ResumeCheckpoint`.
+The save-and-requeue mechanism itself is a Lightning callback, :class:`genbench.callbacks.ResumeCheckpoint`
+(and :func:`genbench.callbacks.resume.cluster_callbacks` adds it inside a SLURM job); ``callbacks/``
+imports ``cluster/``, never the other way round.
 """
 
-from genbench.cluster.environment import cluster_callbacks, cluster_plugins, in_slurm_job, slurm_restart_count
+from genbench.cluster.environment import cluster_plugins, in_slurm_job, slurm_restart_count
 from genbench.cluster.launcher import GenbenchSlurmLauncher, SlurmJobsLost
 from genbench.cluster.preflight import LauncherPreflight, check_launcher, check_partition
 
@@ -21,7 +23,6 @@ __all__ = [
     "SlurmJobsLost",
     "check_launcher",
     "check_partition",
-    "cluster_callbacks",
     "cluster_plugins",
     "in_slurm_job",
     "slurm_restart_count",

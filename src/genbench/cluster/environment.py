@@ -18,8 +18,6 @@ import signal
 import subprocess
 from typing import Any
 
-import pytorch_lightning as pl
-
 from genbench.cluster.resources import as_int
 
 log = logging.getLogger("genbench.cluster")
@@ -80,16 +78,6 @@ def requeue_job(previous_handler: Any, requeue_signal: int) -> bool:
         return False
     log.info("Requeued job %s with scontrol.", job_id())
     return True
-
-
-def cluster_callbacks(callbacks: list[pl.Callback]) -> list[pl.Callback]:
-    """Callbacks a run needs because of where it runs: inside a SLURM job, a ResumeCheckpoint
-    (signals -> last.ckpt -> requeue) even where the callbacks config has none."""
-    from genbench.callbacks.resume import ResumeCheckpoint
-
-    if in_slurm_job() and not any(isinstance(cb, ResumeCheckpoint) for cb in callbacks):
-        return [ResumeCheckpoint(every_n_train_steps=None, every_n_minutes=None)]
-    return []
 
 
 def cluster_plugins() -> list[Any]:

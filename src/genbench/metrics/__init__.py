@@ -7,15 +7,20 @@
 * :mod:`~genbench.metrics.fidelity` -- the one torch-fidelity call, :mod:`~genbench.metrics.real_cache`
   its verified cache of the real side;
 * :mod:`~genbench.metrics.evaluator` -- :class:`Evaluator`, what every evaluation path uses, and
-  :data:`SCALAR_RESULTS`, the one list of scalar result names (logged as ``eval/<name>``);
+  :data:`SCALAR_RESULTS`, the one list of scalar result names (logged as ``eval/<name>``), and
+  :data:`NOISE_METRIC`, the one the sampling noise is judged on;
 * :mod:`~genbench.metrics.coverage` (class histogram vs the real one) and
   :mod:`~genbench.metrics.memorisation` (nearest training images) -- pure functions;
-* :mod:`~genbench.metrics.functional` -- the formulas, written independently, for tests and notebooks.
+* :mod:`~genbench.metrics.likelihood` -- bits/dim of the families that have a likelihood (its
+  maths, which the models use too, is in :mod:`genbench.distributions`).
+
+The formulas written independently of torch-fidelity, which the tests check it against, are in
+``tests/reference_metrics.py``.
 
 The Lightning callback that evaluates during training is :class:`genbench.callbacks.EvaluationCallback`.
 """
 
-from genbench.metrics.evaluator import SCALAR_RESULTS, Evaluator, scalar_results
+from genbench.metrics.evaluator import NOISE_METRIC, SCALAR_RESULTS, Evaluator, scalar_results
 from genbench.metrics.extractors import EXTRACTOR_CHOICES, resolve_extractor
 from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
 from genbench.metrics.images import UInt8ImageDataset, check_images, sample_uint8
@@ -30,6 +35,7 @@ __all__ = [
     "EXTRACTOR_CHOICES",
     "INCEPTION",
     "IN_DOMAIN",
+    "NOISE_METRIC",
     "RESULT_NAMES",
     "SCALAR_RESULTS",
     "Evaluator",

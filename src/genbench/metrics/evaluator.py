@@ -54,6 +54,10 @@ SCALAR_RESULTS: tuple[str, ...] = (
     "num_samples",
 )
 
+#: the logged metric the sampling noise is judged on (lower is better): SamplingBenchmark chooses
+#: the sampler by it, and the report quotes its standard deviation over sampling seeds
+NOISE_METRIC = "eval/fid"
+
 
 def scalar_results(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric entries of ``result`` named in :data:`SCALAR_RESULTS`, as floats (``prefix``

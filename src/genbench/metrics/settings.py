@@ -42,7 +42,7 @@ LIKELIHOOD_WHEN = ("final", "every", "never")
 @dataclass
 class LikelihoodSettings:
     """``metrics.likelihood``: when test-set bits/dim are computed; every other key goes to
-    :class:`genbench.metrics.likelihood.LikelihoodConfig` unchanged."""
+    :class:`genbench.distributions.LikelihoodConfig` unchanged."""
 
     #: final: the final evaluation of training (and every genbench-eval of a checkpoint); every: each evaluation; never
     when: str = "final"
@@ -56,14 +56,14 @@ class LikelihoodSettings:
         when = str(options.pop("when", "final"))
         if when not in LIKELIHOOD_WHEN:
             raise GenbenchError(f"metrics.likelihood.when={when} is unknown: use one of {', '.join(LIKELIHOOD_WHEN)}.")
-        from genbench.metrics.likelihood import LikelihoodConfig
+        from genbench.distributions import LikelihoodConfig
 
         LikelihoodConfig.from_mapping(options)  # a typo is refused now, not after training
         return cls(when=when, options=options)
 
     def config(self) -> Any:
-        """The :class:`~genbench.metrics.likelihood.LikelihoodConfig` of these options."""
-        from genbench.metrics.likelihood import LikelihoodConfig
+        """The :class:`~genbench.distributions.LikelihoodConfig` of these options."""
+        from genbench.distributions import LikelihoodConfig
 
         return LikelihoodConfig.from_mapping(self.options)
 

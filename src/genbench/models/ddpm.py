@@ -18,7 +18,7 @@ from torch import nn
 from genbench import GenbenchError
 from genbench.diffusion import DDIMSampler, NoiseSchedule, Sampler
 from genbench.diffusion.schedule import _extract, check_prediction
-from genbench.metrics.likelihood import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
+from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
 

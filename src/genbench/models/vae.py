@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbench import GenbenchError
-from genbench.metrics.likelihood import (
+from genbench.distributions import (
     LikelihoodConfig,
     discretized_gaussian_log_likelihood,
     discretized_logistic_log_likelihood,

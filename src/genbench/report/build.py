@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from genbench import __version__, rundir
-from genbench.callbacks.sampling_benchmark import NOISE_METRIC
+from genbench.metrics import NOISE_METRIC
 from genbench.report.collect import RunResult
 from genbench.report.figures import readable_factor, side_by_side, upscale
 from genbench.report.html import data_uri, headline_keys, leaderboard_tables, write_html

@@ -102,8 +102,8 @@ def real_floor(runs: list[RunResult], out_dir: Path | None = None) -> tuple[dict
     goes to ``out_dir/real.png``."""
     from hydra.utils import instantiate
 
-    from genbench.callbacks.sample_grid import save_grid
     from genbench.data import to_unit_range
+    from genbench.latents import save_grid
     from genbench.metrics import Evaluator, MetricsConfig
 
     protocol, why = floor_protocol(runs)

@@ -1,8 +1,10 @@
-"""The metrics as pure functions of feature tensors, written from the papers with numpy/scipy.
+"""Reference metrics for the tests: pure functions of feature tensors, written from the papers
+with numpy/scipy.
 
 The numbers genbench reports come from torch-fidelity (see ``genbench.metrics.fidelity``); these
-independent implementations exist so tests can check torch-fidelity's results against the
-formulas, and so features can be compared by hand in a notebook.
+independent implementations exist only so that tests can check torch-fidelity's results against
+the formulas (test_metrics.py). KID has no second implementation here: its test writes the
+unbiased MMD^2 out by hand on a tiny case.
 """
 
 from __future__ import annotations
@@ -41,36 +43,6 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 
 def fid_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
     return frechet_distance(*gaussian_statistics(features1), *gaussian_statistics(features2))
-
-
-def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, coef0: float = 1.0) -> np.ndarray:
-    """k(x, y) = (x·y / d + coef0)^degree, KID's kernel (Binkowski et al., 2018)."""
-    return (x @ y.T / x.shape[1] + coef0) ** degree
-
-
-def mmd2_unbiased(x: ArrayLike, y: ArrayLike, degree: int = 3, coef0: float = 1.0) -> float:
-    """Unbiased MMD^2 between two equal-size sets: off-diagonal means within each set minus twice
-    the mean cross term (the estimator KID averages over subsets)."""
-    x, y = _np(x), _np(y)
-    m = x.shape[0]
-    kxx, kyy, kxy = (polynomial_kernel(a, b, degree, coef0) for a, b in ((x, x), (y, y), (x, y)))
-    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(within - 2 * kxy.sum() / (m * m))
-
-
-def kernel_inception_distance(
-    features1: ArrayLike, features2: ArrayLike, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """Mean and population std of unbiased MMD^2 over random subsets drawn without replacement."""
-    f1, f2 = _np(features1), _np(features2)
-    rng = np.random.default_rng(seed)
-    values = [
-        mmd2_unbiased(
-            f1[rng.choice(len(f1), subset_size, replace=False)], f2[rng.choice(len(f2), subset_size, replace=False)]
-        )
-        for _ in range(subsets)
-    ]
-    return float(np.mean(values)), float(np.std(values))
 
 
 def inception_score(logits: ArrayLike, splits: int = 1) -> tuple[float, float]:
