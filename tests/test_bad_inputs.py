@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from conftest import FAST, QUIET, TINY, compose_train, run_cli, tiny
 from genbench import CONFIG_DIR, GenbenchError
 from genbench.evaluate import check_writable, evaluate
-from genbench.schema import LIGHTNING_PRECISIONS, RULES, validate_config
+from genbench.schema import LIGHTNING_PRECISIONS, all_rules, validate_config
 
 # the in-domain extractor of the evaluation tests: as small as it gets (trained on first use)
 TINY_EXTRACTOR = [
@@ -186,7 +186,7 @@ def test_precisions_are_lightnings() -> None:
 def test_every_rule_example_passes_its_own_check() -> None:
     import yaml
 
-    for rule in RULES:
+    for rule in all_rules():  # the general rules and every registered family's
         assert rule.spec.accepts(yaml.safe_load(rule.example)), rule
 
 

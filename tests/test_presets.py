@@ -49,39 +49,48 @@ FASHION_MNIST_PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "fashion_mnist_gan": ("gan", "FashionMNISTDataModule", {"data.batch_size": 128}),
     "fashion_mnist_vae": ("vae", "FashionMNISTDataModule", {"data.batch_size": 128}),
     "fashion_mnist_ddpm": ("ddpm", "FashionMNISTDataModule", {"data.batch_size": 64}),
-    "benchmark/cpu_gan": ("gan", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
-    "benchmark/cpu_vae": ("vae", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
-    "benchmark/cpu_ddpm": ("ddpm", "FashionMNISTDataModule", {"model.net.base_channels": 16}),
 }
-SYNTHETIC_PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "benchmark/tiny_gan": ("gan", "SyntheticDataModule", {"model.generator.width": 8}),
-    "benchmark/tiny_vae": ("vae", "SyntheticDataModule", {"model.latent_dim": 8}),
-    "benchmark/tiny_ddpm": ("ddpm", "SyntheticDataModule", {"model.net.base_channels": 8}),
+# A benchmark job is the budget's protocol experiment + model=<family> + the family's settings for the
+# budget (conf/family_settings/<family>.yaml), as genbench-benchmark composes it (training_command).
+# "<budget>:<family>" -> (family, datamodule class, one value the protocol or the family's settings set)
+BENCHMARK_JOBS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "cpu:gan": ("gan", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
+    "cpu:vae": ("vae", "FashionMNISTDataModule", {"callbacks.budget.eval_at": [0.25, 0.5, 1.0]}),
+    "cpu:ddpm": ("ddpm", "FashionMNISTDataModule", {"model.net.base_channels": 16}),
+    "tiny:gan": ("gan", "SyntheticDataModule", {"model.generator.width": 8}),
+    "tiny:vae": ("vae", "SyntheticDataModule", {"model.latent_dim": 8}),
+    "tiny:ddpm": ("ddpm", "SyntheticDataModule", {"model.net.base_channels": 8}),
 }
 # Not run here besides the GPU presets: the sweep definition (hydra.mode=MULTIRUN over model x
-# seed: its jobs are plain `model=<family>` runs).
-NOT_RUN = {"sweep_families"}
+# seed: its jobs are plain `model=<family>` runs), and the protocols, which run as BENCHMARK_JOBS.
+NOT_RUN = {"sweep_families", "benchmark/cpu", "benchmark/tiny"}
 
 # Per-preset cost cuts on top of QUIET. The budgets end training after a few batches (tiny: 3 of 32
 # images; cpu: 2 of 128, the DDPM 4 of 64), having evaluated at an eval_at fraction and at the end.
 SHRINK: dict[str, list[str]] = {
     "fashion_mnist_ddpm": ["model.sampler.steps=5"],  # the final sample grid: 5 DDIM steps, not 50
-    **{
-        f"benchmark/cpu_{f}": [
-            "data.limit_train=512",  # also what the in-domain extractor trains on
-            "callbacks.budget.max_train_seconds=null",
-            "callbacks.budget.max_images=256",
-            *CHEAP_EVAL,
-        ]
-        for f in ("gan", "vae", "ddpm")
-    },
-    **{f"benchmark/tiny_{f}": ["callbacks.budget.max_images=96", *CHEAP_EVAL] for f in ("gan", "vae", "ddpm")},
+    "cpu": [
+        "data.limit_train=512",  # also what the in-domain extractor trains on
+        "callbacks.budget.max_train_seconds=null",
+        "callbacks.budget.max_images=256",
+        *CHEAP_EVAL,
+    ],
+    "tiny": ["callbacks.budget.max_images=96", *CHEAP_EVAL],
 }
 
 
 def _presets() -> list[str]:
     root = CONFIG_DIR / "experiment"
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def job_overrides(budget: str, family: str, tmp_path: Path, *extra: str) -> list[str]:
+    """The overrides of genbench-benchmark's training job for ``family`` under ``budget``."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        bench = compose(config_name="benchmark", overrides=[f"budget={budget}", *extra])
+    cmd = training_command(bench, family, tmp_path)
+    args = cmd[cmd.index("genbench.train") + 1 :]
+    return [a for a in args if a != "-m" and not a.startswith(("hydra.", "seed=", "print_config=", "fail_soft="))]
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +100,12 @@ def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(preset: str, cache: Path, run: Path) -> dict[str, Any]:
-    cfg = compose_train([f"experiment={preset}", *QUIET, *SHRINK.get(preset, []), f"paths.cache_dir={cache}"], run)
-    return train(cfg)
+    if ":" in preset:  # a benchmark job
+        budget, family = preset.split(":")
+        overrides = [*job_overrides(budget, family, run), *QUIET, *SHRINK[budget]]
+    else:
+        overrides = [f"experiment={preset}", *QUIET, *SHRINK.get(preset, [])]
+    return train(compose_train([*overrides, f"paths.cache_dir={cache}"], run))
 
 
 def _check_run(expected: tuple[str, str, dict[str, Any]], metrics: dict[str, Any], run: Path) -> None:
@@ -112,7 +125,7 @@ def _check_run(expected: tuple[str, str, dict[str, Any]], metrics: dict[str, Any
 
 
 def _check_benchmark_run(preset: str, run: Path, images: int, samplers: set[str]) -> None:
-    family = preset.rsplit("_", 1)[1]
+    family = preset.split(":")[1]
     budget = json.loads((run / "budget.json").read_text())
     assert budget["max_images"] == images and budget["images_seen"] == images  # the budget stopped it
     assert budget["budget_fraction"] == 1.0
@@ -132,21 +145,27 @@ def _check_benchmark_run(preset: str, run: Path, images: int, samplers: set[str]
 
 def test_every_runnable_preset_is_run_here(tmp_path: Path) -> None:
     """A new preset must be run here or be a GPU preset: nothing is silently left out."""
-    covered = set(FASHION_MNIST_PRESETS) | set(SYNTHETIC_PRESETS) | NOT_RUN
+    covered = set(FASHION_MNIST_PRESETS) | NOT_RUN
     gpu_only = set()
     for preset in sorted(set(_presets()) - covered):
         cfg = compose_train([f"experiment={preset}"], tmp_path)
         assert cfg.trainer.accelerator == "gpu", f"{preset} runs on a CPU but is not run in tests/test_presets.py"
         gpu_only.add(preset)
-    assert {"cifar10_ddpm", "benchmark/full_cifar10_ddpm", "benchmark/full_ddpm"} <= gpu_only
+    assert {"cifar10_ddpm", "benchmark/full_cifar10", "benchmark/full"} <= gpu_only
     assert covered - NOT_RUN <= set(_presets())  # no stale names here
 
 
-@pytest.mark.parametrize("preset", sorted(SYNTHETIC_PRESETS))
+def test_every_family_has_a_benchmark_job_run_here() -> None:
+    from genbench.registry import family_names
+
+    assert {job.split(":")[1] for job in BENCHMARK_JOBS} == set(family_names())
+
+
+@pytest.mark.parametrize("preset", sorted(j for j in BENCHMARK_JOBS if j.startswith("tiny:")))
 def test_synthetic_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = _run(preset, preset_cache, run)
-    _check_run(SYNTHETIC_PRESETS[preset], metrics, run)
+    _check_run(BENCHMARK_JOBS[preset], metrics, run)
     samplers = {"ddim-4", "ddim-2", "ancestral-100"} if preset.endswith("ddpm") else {"default"}
     _check_benchmark_run(preset, run, images=96, samplers=samplers)
     if preset.endswith("ddpm"):  # the 100-step ancestral sampler is timed, not evaluated (timing_only)
@@ -161,13 +180,16 @@ def test_synthetic_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) 
         assert [s["sampler"] for s in sampling.values() if s.get("recommended")] in (["ddim-4"], ["ddim-2"])
 
 
+FASHION_MNIST_RUNS = {**FASHION_MNIST_PRESETS, **{j: v for j, v in BENCHMARK_JOBS.items() if j.startswith("cpu:")}}
+
+
 @needs_fashion_mnist
-@pytest.mark.parametrize("preset", sorted(FASHION_MNIST_PRESETS))
+@pytest.mark.parametrize("preset", sorted(FASHION_MNIST_RUNS))
 def test_fashion_mnist_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = _run(preset, preset_cache, run)
-    _check_run(FASHION_MNIST_PRESETS[preset], metrics, run)
-    if preset.startswith("benchmark/"):
+    _check_run(FASHION_MNIST_RUNS[preset], metrics, run)
+    if ":" in preset:
         samplers = {"ddim-10", "ddim-5", "ddim-25"} if preset.endswith("ddpm") else {"default"}
         _check_benchmark_run(preset, run, images=256, samplers=samplers)
     else:
@@ -181,12 +203,9 @@ def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Pat
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         bench = compose(config_name="benchmark", overrides=["budget=cpu_images"])
     expected = {"gan": 43776, "vae": 212608, "ddpm": 29952}
-    assert set(bench.budget.family_overrides) == set(expected) and bench.budget.experiment == "benchmark/cpu"
+    assert bench.budget.experiment == "benchmark/cpu" and list(bench.families) == list(expected)
     for family, images in expected.items():
-        cmd = training_command(bench, family, tmp_path)
-        args = cmd[cmd.index("genbench.train") + 1 :]
-        overrides = [a for a in args if a != "-m" and not a.startswith(("hydra.", "seed="))]
-        cfg = compose_train(overrides, tmp_path)
+        cfg = compose_train(job_overrides("cpu_images", family, tmp_path), tmp_path)
         assert cfg.callbacks.budget.max_images == images and cfg.callbacks.budget.max_train_seconds is None
         assert images % cfg.data.batch_size == 0, (family, images, cfg.data.batch_size)
         assert list(cfg.callbacks.budget.eval_at) == [0.25, 0.5, 1.0]  # the cpu protocol otherwise
@@ -198,17 +217,8 @@ def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Pat
 def test_long_cpu_budget_is_four_times_cpu_with_its_points_inside(tmp_path: Path) -> None:
     """budget=cpu_long: 4 x 120 s per family, evaluated at 30, 60, 120, 240 and 480 s, so its first
     points repeat budget=cpu's (25/50/100 % of 120 s) and the curves extend them."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        long = compose(config_name="benchmark", overrides=["budget=cpu_long"])
-        short = compose(config_name="benchmark", overrides=["budget=cpu"])
     for family in ("gan", "vae", "ddpm"):
-        cfgs = []
-        for bench in (short, long):
-            cmd = training_command(bench, family, tmp_path)
-            args = cmd[cmd.index("genbench.train") + 1 :]
-            cfgs.append(
-                compose_train([a for a in args if a != "-m" and not a.startswith(("hydra.", "seed="))], tmp_path)
-            )
+        cfgs = [compose_train(job_overrides(budget, family, tmp_path), tmp_path) for budget in ("cpu", "cpu_long")]
         cpu, cpu_long = (c.callbacks.budget for c in cfgs)
         assert cpu_long.max_train_seconds == 4 * cpu.max_train_seconds == 480
         times = [f * cpu_long.max_train_seconds for f in cpu_long.eval_at]

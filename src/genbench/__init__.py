@@ -1,4 +1,5 @@
-"""genbench: train GANs, VAEs and DDPMs with one framework and benchmark them fairly."""
+"""genbench: train generative model families (built-in or from other packages) with one framework
+and benchmark them fairly."""
 
 from pathlib import Path
 

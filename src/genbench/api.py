@@ -5,7 +5,7 @@ command line, for a notebook or a script::
 
     from genbench import api
 
-    cfg = api.compose(["model=vae", "data=synthetic", "debug=fast"])
+    cfg = api.compose(["model=<family>", "data=synthetic", "debug=fast"])  # any of registry.family_names()
     run = api.train(cfg)                         # run.run_dir, run.metrics, run.checkpoint
     model = api.load(run.checkpoint)             # the family comes from the checkpoint
     images = api.sample(model, 16, seed=0)       # uint8 (16, C, H, W)
@@ -27,24 +27,29 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench import CONFIG_DIR
+from genbench.config import apply_family_settings
 from genbench.errors import GenbenchError
 
 
 def sampler_names() -> list[str]:
-    """The samplers ``sample(..., sampler=<name>)`` knows: one per conf/sampler/<name>.yaml, so a
-    new sampler is a config file (and its class), not an edit here."""
-    return sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
+    """The samplers ``sample(sampler=<name>)`` knows: the configs of the ``sampler`` group
+    (genbench's ``conf/sampler/`` and every plug-in's)."""
+    from genbench.registry import group_options
+
+    return list(group_options("sampler"))
 
 
 def build_sampler(name: str, **kwargs: Any) -> Any:
-    """The sampler conf/sampler/<name>.yaml describes, with ``kwargs`` overriding its settings
+    """The sampler ``sampler/<name>.yaml`` describes, with ``kwargs`` overriding its settings
     (unbound: the model that samples with it binds it)."""
     from hydra.utils import instantiate
 
-    path = CONFIG_DIR / "sampler" / f"{name}.yaml"
-    if not path.is_file():
-        raise GenbenchError(f"Unknown sampler '{name}': use one of {', '.join(sampler_names())} (or a Sampler).")
-    return instantiate(OmegaConf.merge(OmegaConf.load(path), dict(kwargs)))
+    from genbench.registry import group_options
+
+    options = group_options("sampler")
+    if name not in options:
+        raise GenbenchError(f"Unknown sampler '{name}': use one of {', '.join(options)} (or a Sampler).")
+    return instantiate(OmegaConf.merge(OmegaConf.create(options[name].read_text()), dict(kwargs)))
 
 
 @dataclass
@@ -82,6 +87,8 @@ def compose(
     from genbench.train import ensure_output_dir
 
     cfg = _compose(overrides, config_name)
+    if config_name == "train":
+        apply_family_settings(cfg)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(output_dir).absolute())

@@ -3,10 +3,10 @@ write one report.
 
     genbench-benchmark                           # budget=cpu: Fashion-MNIST, 2 CPU cores, < 20 min
     genbench-benchmark budget=full seeds=[0,1,2] launcher=slurm
-    genbench-benchmark budget=cpu families=[gan,vae]
+    genbench-benchmark budget=cpu families=[<family>,<family>]
 
-The training jobs are Hydra multiruns of ``genbench-train`` (``experiment=<budget.experiment>_<family>``,
-``seed=...``), one per family so that a family whose config or training breaks cannot take the
+The training jobs are Hydra multiruns of ``genbench-train`` (``experiment=<budget.experiment>``, the
+same protocol for every family, ``model=<family>`` with the family's settings for the budget, ``seed=...``), one per family so that a family whose config or training breaks cannot take the
 others down (its jobs record ``failed.json``; the report marks it failed). With the basic launcher
 the families run one after another (they share the machine, and timing must be fair); with a
 submitit launcher (``launcher=local`` or ``slurm``) the family sweeps are submitted together.
@@ -37,32 +37,51 @@ from genbench.summary import print_summary, setup_run_logging
 log = logging.getLogger("genbench.benchmark")
 
 
-def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]:
-    experiment = f"{cfg.budget.experiment}_{family}"
+def check_families(cfg: DictConfig) -> None:
+    """Refuse, before any training, a family genbench does not know or a budget without its
+    protocol experiment: one line each, saying what exists."""
+    from genbench.registry import get_family
+
+    for family in cfg.families:
+        get_family(family)
+    experiment = str(cfg.budget.experiment)
     if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
         raise GenbenchError(
-            f"budget '{cfg.budget.name}' has no experiment for family '{family}' (conf/experiment/{experiment}.yaml). "
-            f"Choose families from those with a conf/experiment/{cfg.budget.experiment}_<family>.yaml."
+            f"budget '{cfg.budget.name}' names the protocol experiment '{experiment}', which does not exist "
+            f"(conf/experiment/{experiment}.yaml)."
         )
+
+
+def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]:
+    """The ``genbench-train`` multirun of one family: the budget's protocol experiment (the same for
+    every family), ``model=<family>``, the family's own settings for this budget (the sections
+    ``budget.family_sections`` of ``conf/family_settings/<family>.yaml``), its tiny network sizes
+    where the budget asks for them, then the budget's and the user's overrides."""
+    from genbench.registry import get_family
+
+    spec = get_family(family)
+    sections = ",".join(str(s) for s in cfg.budget.get("family_sections") or [])
     cmd = [
         sys.executable,
         "-m",
         "genbench.train",
         "-m",
-        f"experiment={experiment}",
+        f"experiment={cfg.budget.experiment}",
+        f"model={family}",
+        f"family_sections=[{sections}]",
         "seed=" + ",".join(str(s) for s in cfg.seeds),
         f"hydra.sweep.dir={sweep_dir}",
         "print_config=false",
         "fail_soft=true",
         f"tags=[benchmark,budget-{cfg.budget.name}]",
     ]
+    if cfg.budget.get("tiny_networks"):
+        cmd += list(spec.tiny_overrides)
     if cfg.launcher:
         cmd.append(f"hydra/launcher={cfg.launcher}")
     if cfg.wandb:
         cmd += ["logger=[csv,wandb]", f"logger.wandb.group={sweep_dir.parent.parent.name}"]
-    cmd += list(cfg.budget.get("train_overrides") or []) + list(
-        (cfg.budget.get("family_overrides") or {}).get(family) or []
-    )
+    cmd += list(cfg.budget.get("train_overrides") or [])
     cmd += list(cfg.train_overrides or [])
     cmd += list((cfg.family_overrides or {}).get(family) or [])
     return cmd
@@ -138,8 +157,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "benchmark_config.yaml", resolve=True)
-    for family in cfg.families:  # fail before any training if a family is unknown to the budget
-        training_command(cfg, family, out_dir)
+    check_families(cfg)  # fail before any training if a family or the budget's protocol is unknown
     status = run_training(cfg, out_dir)
     runs = find_runs([out_dir / "runs" / f for f in cfg.families])
     floor, real_grid = real_floor(runs, out_dir) if cfg.floor else (None, None)

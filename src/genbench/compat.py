@@ -61,7 +61,8 @@ def _fit_loop(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_logger_step(checkpoint: dict[str, Any]) -> int:
     """The logger step a checkpoint was taken at. Lightning logs with the epoch loop's
     ``_batches_that_stepped`` (``loops.fit_loop["epoch_loop.state_dict"]``), whereas
-    ``global_step`` counts optimizer steps: twice per batch for the GAN's two optimizers."""
+    ``global_step`` counts optimizer steps: twice per batch for a family with two optimizers
+    (manual optimisation)."""
     loop = _fit_loop(checkpoint).get("epoch_loop.state_dict", {})
     return int(loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
 

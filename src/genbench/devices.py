@@ -23,14 +23,14 @@ def resolve_device(name: str) -> torch.device:
 
 def reduced_precision_warning(device: torch.device, precision: str) -> str | None:
     """Why bf16/16-bit precision on a CPU is almost always a mistake, or None when it is not one.
-    Measured on our 2-core CPU (2026-11-26): ``torch.autocast("cpu", bfloat16)`` made a VAE
-    training step ~12x slower and a bf16 matmul ran at ~1/60 of fp32. It still runs (and is
-    tested), so this warns instead of refusing."""
+    Measured on our 2-core CPU (2026-11-26): ``torch.autocast("cpu", bfloat16)`` made an
+    encoder-decoder training step ~12x slower and a bf16 matmul ran at ~1/60 of fp32. It still
+    runs (and is tested), so this warns instead of refusing."""
     if device.type != "cpu" or not precision.startswith(("bf16", "16")):
         return None
     return (
         f"trainer.precision={precision} on a CPU: reduced precision is for GPUs. On CPUs without native bf16 "
-        "matmuls it is far slower (measured here: a VAE step ~12x slower, a bf16 matmul ~1/60 of fp32). "
+        "matmuls it is far slower (measured here: a training step ~12x slower, a bf16 matmul ~1/60 of fp32). "
         "Use trainer.precision=32 on CPU."
     )
 

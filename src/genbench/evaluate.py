@@ -161,7 +161,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     # the counts KID's subsets and FID's covariance need are known now: refuse them before sampling
     check_sample_counts(mcfg.num_samples, len(evaluator.real), evaluator.spec, mcfg)
     sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else None
-    if sampler is not None and model.family != "ddpm":
+    if sampler is not None and not model.supports_samplers:
         log.warning("sampler=%s is ignored: a %s has no sampler.", getattr(sampler, "name", sampler), model.family)
         sampler = None
     kwargs = {"sampler": sampler} if sampler is not None else {}
@@ -182,7 +182,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
             model, out.parent, real=datamodule.real_images("val")[:8], tag=ckpt_path.stem, seed=cfg.seed
         )
         result["grids"] = {name: path.name for name, path in grids.items()}  # relative to metrics.json
-    used = sampler if sampler is not None else getattr(model, "sampler", None)  # GAN/VAE: none
+    used = sampler if sampler is not None else getattr(model, "sampler", None)  # None: a family without samplers
     result.update(
         source="genbench-eval",
         ckpt=ckpt_path.name,

@@ -39,7 +39,7 @@ SAMPLING = "sampling.json"  # SamplingBenchmark: sampling speed (and quality) pe
 EVAL_HISTORY = "eval/metrics.jsonl"  # EvaluationCallback: one line per evaluation
 EVAL_FINAL = "eval/final.json"  # EvaluationCallback: the final model's evaluation
 FINAL_GRID = "samples/final.png"  # SampleGrid: the final model's samples
-FINAL_RECON = "samples/recon_final.png"  # SampleGrid (VAE): validation images above their reconstructions
+FINAL_RECON = "samples/recon_final.png"  # SampleGrid (encoder families): validation images above their reconstructions
 FINAL_INTERP = "samples/interp_final.png"  # SampleGrid: latent interpolations of the final model
 
 

@@ -212,16 +212,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.gradient_clip_val", number(0, null=True), "1.0"),
     Rule("trainer.fast_dev_run", any_of(boolean(), integer(0)), "true"),
     Rule("trainer.deterministic", any_of(boolean(null=True), choice("warn")), "true"),
-    # model: networks (DCGAN generator/discriminator, VAE encoder/decoder, UNet)
+    # model: what every family's config has (each family adds rules for its own keys: FamilySpec.schema_rules)
     Rule("model.*width", integer(1), "32"),
-    Rule("model.net.base_channels", integer(1), "32"),
-    Rule("model.net.channel_mults", int_list(1), "[1,2,2]"),
-    Rule("model.net.num_res_blocks", integer(1), "1"),
-    Rule("model.net.attn_resolutions", int_list(1, empty=True), "[8]"),
-    Rule("model.net.dropout", number(0, 1, hi_open=True), "0.1"),
-    Rule("model.latent_dim", integer(1), "32"),
-    Rule("model.*.latent_dim", integer(1), "32"),
-    Rule("model.*z_dim", integer(1), "100"),
     Rule("model.channels", choice(1, 3), "1"),
     Rule("model.*.channels", choice(1, 3), "1"),
     Rule("model.image_size", integer(8), "32"),
@@ -229,20 +221,7 @@ RULES: tuple[Rule, ...] = (
     # model: objectives and training
     Rule("model.optimizer*.lr", number(0, lo_open=True), "2.0e-4"),
     Rule("model.optimizer*.weight_decay", number(0), "0.0"),
-    Rule("model.beta", number(0), "1.0"),
-    Rule("model.sigma", number(0, lo_open=True, null=True), "0.1"),
-    Rule(
-        "model.likelihood",
-        choice("bernoulli", "gaussian", "discretized_logistic", "discretized_gaussian"),
-        "discretized_logistic",
-    ),
-    Rule("model.loss", choice("non_saturating", "hinge"), "non_saturating"),
-    Rule("model.d_steps_per_g_step", integer(1), "1"),
     Rule("model.sample_batch_size", integer(1), "256"),
-    Rule("model.ema_decay", number(0, 1, hi_open=True), "0.999"),
-    Rule("model.schedule.timesteps", integer(1), "1000"),
-    Rule("model.schedule.kind", choice("linear", "cosine"), "linear"),
-    Rule("model.schedule.beta_*", number(0, 1, lo_open=True, hi_open=True), "0.02"),
     # samplers: the model's own, genbench-eval's sampler=..., the evaluation callback's
     Rule("*sampler.steps", integer(1), "50"),
     Rule("*sampler.eta", number(0), "0.0"),
@@ -280,9 +259,16 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def rule_for(key: str, rules: Sequence[Rule] = RULES) -> Rule | None:
+def all_rules() -> tuple[Rule, ...]:
+    """:data:`RULES` (keys every config has) followed by every registered family's own rules."""
+    from genbench.registry import family_rules
+
+    return RULES + family_rules()
+
+
+def rule_for(key: str, rules: Sequence[Rule] | None = None) -> Rule | None:
     """The first rule whose pattern matches the dotted ``key`` (None: the key is not checked)."""
-    return next((r for r in rules if fnmatch.fnmatchcase(key, r.pattern)), None)
+    return next((r for r in (all_rules() if rules is None else rules) if fnmatch.fnmatchcase(key, r.pattern)), None)
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -333,8 +319,9 @@ def _show(value: Any) -> str:
     return f"{text} (a string)" if isinstance(value, str) else text
 
 
-def problems(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> list[str]:
+def problems(cfg: DictConfig, rules: Sequence[Rule] | None = None) -> list[str]:
     """One phrase per bad value of ``cfg`` (empty: all checked values are fine)."""
+    rules = all_rules() if rules is None else rules
     register_resolvers()  # a config composed outside an entry point still resolves ${gpu_precision:} etc.
     found = []
     for key, value in _entries(cfg, rules):
@@ -347,7 +334,7 @@ def problems(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> list[str]:
     return found
 
 
-def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
+def validate_config(cfg: DictConfig, rules: Sequence[Rule] | None = None) -> None:
     """Refuse a composed config with a mistyped or out-of-range value, before anything is built.
 
     Raises :class:`GenbenchError` with every bad value in one line (key, value, expected type and
@@ -359,4 +346,4 @@ def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
         raise GenbenchError(f"{what}: {'; '.join(found)}.")
 
 
-__all__ = ["RULES", "Rule", "Spec", "problems", "rule_for", "validate_config"]
+__all__ = ["RULES", "Rule", "all_rules", "Spec", "problems", "rule_for", "validate_config"]

@@ -1,13 +1,25 @@
 """Network sizes for smoke runs: a few-millisecond CPU step per family, for the test suite and the
-GPU check's CPU mode (``scripts/gpu_check.py --tiny``). Hydra overrides on top of ``model=<family>``."""
+GPU check's CPU mode (``scripts/gpu_check.py --tiny``). Hydra overrides on top of ``model=<family>``,
+declared by each family (``FamilySpec.tiny_overrides``)."""
 
-TINY_OVERRIDES: dict[str, list[str]] = {
-    "gan": ["model.generator.width=8", "model.discriminator.width=8", "model.generator.z_dim=16"],
-    "vae": ["model.encoder.width=8", "model.decoder.width=8", "model.latent_dim=8"],
-    "ddpm": [
-        "model.net.base_channels=8",
-        "model.net.channel_mults=[1,2]",
-        "model.schedule.timesteps=100",
-        "model.sampler.steps=5",
-    ],
-}
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from genbench.registry import families
+
+
+class _TinyOverrides(Mapping[str, list[str]]):
+    """family -> its tiny overrides, read from the registry when asked (so plug-ins count)."""
+
+    def __getitem__(self, family: str) -> list[str]:
+        return list(families()[family].tiny_overrides)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(families())
+
+    def __len__(self) -> int:
+        return len(families())
+
+
+TINY_OVERRIDES: Mapping[str, list[str]] = _TinyOverrides()

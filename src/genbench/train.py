@@ -1,8 +1,8 @@
 """``genbench-train``: compose the config, build datamodule + model + callbacks + loggers, fit.
 
-genbench-train model=gan data=fashion_mnist trainer=cpu
-genbench-train -m model=gan,vae,ddpm seed=0,1 hydra/launcher=local
-genbench-train experiment=fashion_mnist_ddpm ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+genbench-train model=<family> data=fashion_mnist trainer=cpu
+genbench-train -m model=<family>,<family> seed=0,1 hydra/launcher=local
+genbench-train experiment=<preset> ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -30,20 +30,20 @@ from genbench.checkpointing import (
 )
 from genbench.cluster import cluster_plugins
 from genbench.compat import install_ddp_child_command
-from genbench.config import build, print_config_tree
+from genbench.config import apply_family_settings, build, print_config_tree
 from genbench.devices import reduced_precision_warning
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable_dir
 from genbench.loggers import build_loggers, finish_wandb
-from genbench.models import FAMILIES, GenerativeModel, family_of_config
+from genbench.models import GenerativeModel, family_of_config
 from genbench.rundir import CONFIG, write_failure
 from genbench.schema import validate_config
 from genbench.summary import print_summary, setup_run_logging
 
 log = logging.getLogger("genbench.train")
 
-# The DDPM's EMA copy is in eval mode on purpose; torch's pytree deprecation comes from Lightning.
+# A family's EMA copy is in eval mode on purpose; torch's pytree deprecation comes from Lightning.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # genbench's DataModules restart mid-epoch themselves (EpochOrder + ResumeCheckpoint): not Lightning's concern.
@@ -107,6 +107,7 @@ def finished_metrics(cfg: DictConfig, output_dir: Path, ckpt_path: str) -> dict[
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one model; returns the final callback metrics (also written to metrics.json)."""
+    apply_family_settings(cfg)
     validate_config(cfg)
     enforce_tags(cfg)
     from hydra.core.hydra_config import HydraConfig
@@ -226,7 +227,7 @@ def enforce_tags(cfg: DictConfig) -> None:
     if tags and all(isinstance(t, str) and t.strip() for t in tags):
         return
     if tags:
-        raise GenbenchError(f"tags={list(tags)} must be a list of non-empty strings, e.g. tags=[dev,vae].")
+        raise GenbenchError(f"tags={list(tags)} must be a list of non-empty strings, e.g. tags=[dev,lr_sweep].")
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise GenbenchError(
             "No tags for a multirun: name what it is for, e.g. tags=[lr_sweep] (conf/train.yaml: tags)."
@@ -282,7 +283,7 @@ def main(cfg: DictConfig) -> float | None:
         return objective(cfg, train(cfg))
 
 
-__all__ = ["FAMILIES", "main", "train"]
+__all__ = ["main", "train"]
 
 if __name__ == "__main__":
     main()

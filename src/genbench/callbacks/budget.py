@@ -1,11 +1,11 @@
 """An equal training budget for every family: images seen or pure training seconds.
 
 "Equal" must not depend on how expensive a family's evaluation, validation or checkpointing is,
-nor on what a step means (the GAN's manual optimisation makes two optimiser steps per batch).
-So the budget counts what all families share: training images consumed, and the seconds spent
-inside training batches (from batch start to batch end: forward, backward, optimiser step; no
-validation, evaluation, sample grids or checkpointing). When either limit is reached, training
-stops at the end of that batch.
+nor on what a step means (a family with two optimizers, under manual optimisation, makes two
+optimiser steps per batch). So the budget counts what all families share: training images
+consumed, and the seconds spent inside training batches (from batch start to batch end: forward,
+backward, optimiser step; no validation, evaluation, sample grids or checkpointing). When either
+limit is reached, training stops at the end of that batch.
 
 It also marks fixed fractions of the budget (``eval_at``) at which an
 :class:`~genbench.callbacks.EvaluationCallback` linked to it evaluates, so every family is measured

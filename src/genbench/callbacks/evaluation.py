@@ -1,8 +1,9 @@
 """Evaluate a model while it trains: sample through the contract, compute metrics, log them.
 
 The callback knows nothing of the family it evaluates: it calls ``pl_module.sample(n, generator,
-**sample_kwargs)`` (plus ``sampler=`` when one is configured; GAN and VAE ignore it, the DDPM uses
-it with its EMA weights) and hands the images to :class:`~genbench.metrics.Evaluator`.
+**sample_kwargs)`` (plus ``sampler=`` when one is configured; families without samplers ignore
+it, a family with samplers uses it with its EMA weights) and hands the images to
+:class:`~genbench.metrics.Evaluator`.
 
 Where it runs: at the end of every ``every_n_epochs``-th epoch -- inside the epoch's final
 validation when there is one, so that ``ModelCheckpoint(monitor="eval/fid")`` (which saves at
@@ -54,7 +55,8 @@ class EvaluationCallback(pl.Callback):
         every_n_train_steps: evaluate every n optimizer steps (null/0: never by step).
         at_train_end: evaluate the final model too (skipped when the last evaluation already saw it).
         seed: the sampling generator's seed: every evaluation sees the same latent noise.
-        sampler: a DDPM sampler object (e.g. DDIM with few steps for CPU runs); null: the model's.
+        sampler: a sampler object for a family with samplers (e.g. DDIM with few steps for CPU
+            runs); null: the model's.
         sample_kwargs: more keyword arguments for ``sample()``.
         metrics: the ``metrics`` settings (see ``MetricsConfig``); ``num_samples`` here wins.
         cache_dir: where the in-domain extractor and the real statistics are cached.

@@ -1,9 +1,9 @@
 """Mode coverage: which of the dataset's classes a model produces, and how far its class mix is
 from the real one, judged by the in-domain extractor's classifier (trained on the dataset's labels).
 
-FID mixes quality and diversity into one number; a GAN that collapses onto three garments can
-still reach a fair FID. Counting the classes the classifier assigns to generated samples makes the
-collapse a number of its own. Both histograms are of *predicted* classes (the real one too), so the
+FID mixes quality and diversity into one number; a generator that collapses onto three garments
+can still reach a fair FID. Counting the classes the classifier assigns to generated samples makes
+the collapse a number of its own. Both histograms are of *predicted* classes (the real one too), so the
 classifier's own confusions appear on both sides and largely cancel.
 
 Rules (documented in the README):

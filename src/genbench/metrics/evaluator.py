@@ -198,7 +198,7 @@ class Evaluator:
 
     def likelihood(self, model: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
         """Test-set bits/dim of ``model`` (:func:`genbench.metrics.likelihood.evaluate_likelihood`
-        on the test split; the GAN's answer says it has none). Empty when switched off
+        on the test split; an implicit model's answer says it has none). Empty when switched off
         (``metrics.likelihood.enabled=false``) or when there is no test split."""
         settings = self.cfg.likelihood
         lcfg = settings.config()

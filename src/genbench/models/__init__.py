@@ -1,4 +1,9 @@
-"""The three families as LightningModules, and loading any of them back from a checkpoint."""
+"""genbench's own families as LightningModules, and loading any family's model back from a checkpoint.
+
+Each family module declares its :class:`~genbench.registry.FamilySpec` (``SPEC``) beside its
+LightningModule; importing this package registers them. Families of other packages register
+through the ``genbench.families`` entry point group (see :mod:`genbench.registry`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,18 @@ from typing import Any
 import torch
 
 from genbench import GenbenchError
+from genbench.models import ddpm, gan, vae
 from genbench.models.base import GenerativeModel
 from genbench.models.ddpm import DDPM
 from genbench.models.gan import GAN
 from genbench.models.vae import VAE
+from genbench.registry import families, family_of_target, register_family
 
-FAMILIES: dict[str, type[GenerativeModel]] = {"gan": GAN, "vae": VAE, "ddpm": DDPM}
+for _spec in (gan.SPEC, vae.SPEC, ddpm.SPEC):
+    register_family(_spec)
 
 __all__ = [
     "DDPM",
-    "FAMILIES",
     "GAN",
     "VAE",
     "GenerativeModel",
@@ -32,10 +39,7 @@ def family_of_config(model_cfg: Any) -> str | None:
     """The family a ``model`` config builds (from its ``_target_``), without building it: what a
     failed job records when the model itself could not be made. None for anything unknown."""
     target = str((model_cfg or {}).get("_target_", "")) if hasattr(model_cfg, "get") else ""
-    for name, cls in FAMILIES.items():
-        if target in (f"{cls.__module__}.{cls.__name__}", f"genbench.models.{cls.__name__}"):
-            return name
-    return None
+    return family_of_target(target) if target else None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -56,12 +60,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_family(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> str:
+    """The registered family a genbench checkpoint belongs to, or one line saying it is unknown."""
     meta = ckpt.get("genbench") or {}
     family = meta.get("family")
-    if family not in FAMILIES:
+    known = families()
+    if family not in known:
         raise GenbenchError(
-            f"{path} is a checkpoint of an unknown family ({family!r}); genbench knows {', '.join(FAMILIES)}. "
-            "Only checkpoints written by genbench-train can be evaluated."
+            f"{path} is a checkpoint of an unknown family ({family!r}); genbench knows {', '.join(known)}. "
+            "Only checkpoints written by genbench-train can be evaluated (a family from another package "
+            "must be installed to load its checkpoints)."
         )
     return family
 

@@ -27,9 +27,10 @@ log = logging.getLogger("genbench.models")
 
 def channels_last_option(value: bool | str) -> bool | str:
     """``model.channels_last``: true, false, or ``auto`` (on where it was measured to win: on a
-    CPU, where it trained all three families 1.07-1.21x faster, and for the DDPM's UNet on a GPU,
-    1.22x on an H100; off for the GAN and the VAE on a GPU, 1.05x and 0.76x there; see
-    docs/performance.md)."""
+    CPU, where it trained all three built-in families 1.07-1.21x faster, and for a diffusion
+    model's UNet on a GPU, 1.22x on an H100; off on a GPU for the families whose generator or
+    decoder is built of transposed convolutions, 1.05x and 0.76x there; see docs/performance.md
+    for the per-family figures)."""
     if isinstance(value, bool) or value == "auto":
         return value
     raise GenbenchError(f"model.channels_last={value!r}: use true, false or auto.")
@@ -58,8 +59,8 @@ def _channels_last_inputs(module: torch.nn.Module, args: tuple[Any, ...]) -> tup
 
 
 def transposed_conv_networks(networks: dict[str, torch.nn.Module]) -> list[str]:
-    """Names of the networks that contain a transposed convolution (the DCGAN generator, the VAE
-    decoder): the ones ``model.compile`` leaves eager on a GPU."""
+    """Names of the networks that contain a transposed convolution (e.g. a convolutional
+    generator or decoder): the ones ``model.compile`` leaves eager on a GPU."""
     kinds = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
     return [name for name, net in networks.items() if any(isinstance(m, kinds) for m in net.modules())]
 
@@ -68,12 +69,14 @@ class GenerativeModel(pl.LightningModule):
     family: str = "base"
     #: the validation metric that picks the "best" checkpoint (None: only last.ckpt is meaningful)
     default_monitor: str | None = "val/loss"
-    #: DDP must look for parameters a backward pass did not reach (the GAN's D step leaves G out)
+    #: DDP must look for parameters a backward pass did not reach (a family with two optimizers:
+    #: its discriminator step leaves the generator out)
     ddp_find_unused_parameters: bool = False
-    #: whether ``sample()`` accepts ``sampler=`` (several ways to sample: the DDPM)
+    #: whether ``sample()`` accepts ``sampler=`` (a family with samplers, e.g. a diffusion model)
     supports_samplers: bool = False
     #: child modules left in the default memory format on a GPU whatever ``model.channels_last``
-    #: says (the GAN's generator: channels_last + torch.compile crashed Inductor there)
+    #: says (e.g. a transposed-convolution generator: channels_last + torch.compile crashed
+    #: Inductor there)
     channels_last_exempt_on_gpu: tuple[str, ...] = ()
     #: what ``model.channels_last: auto`` means on a GPU (on a CPU it is always on)
     channels_last_auto_on_gpu: bool = False
@@ -143,8 +146,8 @@ class GenerativeModel(pl.LightningModule):
     # --- latents: what interpolation grids walk through (genbench.latents) -------------------
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        """The shape of one latent the family decodes deterministically: z for the GAN and the
-        VAE, x_T for the DDPM (decoded by DDIM with eta=0)."""
+        """The shape of one latent the family decodes deterministically: z for a family with a
+        generator or a decoder, x_T for a diffusion model (decoded by DDIM with eta=0)."""
         raise NotImplementedError(f"{type(self).__name__} must define latent_shape.")
 
     def _decode_batch(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -173,8 +176,8 @@ class GenerativeModel(pl.LightningModule):
 
     # --- speed options -------------------------------------------------------------------------
     def trained_networks(self) -> dict[str, torch.nn.Module]:
-        """The child modules an optimiser trains (GAN: generator + discriminator, VAE: encoder +
-        decoder, DDPM: net, not its frozen EMA copy): what ``model.compile`` compiles."""
+        """The child modules an optimiser trains (e.g. generator + discriminator, encoder +
+        decoder, or a net but not its frozen EMA copy): what ``model.compile`` compiles."""
         return {
             name: child for name, child in self.named_children() if any(p.requires_grad for p in child.parameters())
         }
@@ -203,7 +206,8 @@ class GenerativeModel(pl.LightningModule):
                 log.warning(
                     "model.compile: %s left eager on the GPU: they hold transposed convolutions, whose backward "
                     "Inductor compiles with a wrong stride check on CUDA (pytorch/pytorch#171622; it crashed the "
-                    "first training step of the VAE's decoder on an H100 and of the GAN's generator on an H200, "
+                    "first training step of a transposed-convolution decoder on an H100 and of such a generator on an "
+                    "H200, "
                     "torch 2.11). Compiling them gave no speed-up there anyway (docs/performance.md).",
                     ", ".join(eager),
                 )
@@ -238,9 +242,9 @@ class GenerativeModel(pl.LightningModule):
         only every ``trainer.log_every_n_steps`` steps (and when the run stops), and an on-step
         value logged in between is overwritten unread. Each ``self.log`` call costs Lightning
         bookkeeping (``_ResultCollection.log`` re-walks the stored metric with
-        ``apply_to_collection``, ~1 ms per value on our CPU: 2-3 % of a VAE step), so the
-        families log only on the steps that are written, the last batch of an epoch and the last
-        steps of a ``max_steps`` run (``train/loss`` in metrics.json stays the final one). The
+        ``apply_to_collection``, ~1 ms per value on our CPU: 2-3 % of an encoder-decoder
+        step), so the families log only on the steps that are written, the last batch of an epoch and
+        the last steps of a ``max_steps`` run (``train/loss`` in metrics.json stays the final one). The
         progress bar's training values then refresh every ``log_every_n_steps`` steps. Reads
         Lightning's own decision (``_logger_connector.should_update_logs``); if a Lightning
         version lacks it, every step logs (correct, only slower)."""
@@ -253,7 +257,8 @@ class GenerativeModel(pl.LightningModule):
             last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         except AttributeError:
             return True
-        # +2: a GAN batch makes up to two optimiser steps; logging one step too many is harmless
+        # +2: a batch of a family with two optimizers (manual optimisation) makes up to two optimiser
+        # steps; logging one step too many is harmless
         return bool(last_batch) or 0 < trainer.max_steps <= trainer.global_step + 2
 
     # --- shared plumbing ----------------------------------------------------------------------
@@ -277,5 +282,5 @@ class GenerativeModel(pl.LightningModule):
         checkpoint["genbench"] = {"family": self.family, "version": __version__, "config": self.genbench_config}
 
     def num_parameters(self) -> int:
-        """Trainable parameters (the DDPM's EMA copy and fixed buffers are not counted)."""
+        """Trainable parameters (a family's EMA copy and fixed buffers are not counted)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

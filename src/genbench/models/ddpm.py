@@ -21,6 +21,8 @@ from genbench.diffusion.schedule import _extract, check_prediction
 from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
+from genbench.registry import FamilySpec
+from genbench.schema import Rule, choice, int_list, integer, number
 
 #: where DDPM checkpoints keep ``NoiseSchedule.config()``
 SCHEDULE_KEY = "genbench_schedule"
@@ -232,3 +234,35 @@ class DDPM(GenerativeModel):
             noise = self.randn(*x.shape, generator=generator).to(x.dtype)
             total += self.vlb_term(x, ts[:, j].contiguous(), noise)
         return {"vlb": self.vlb_prior(x) + total * (T / k)}
+
+
+#: the DDPM as a genbench family (genbench.registry): what generic code knows of it
+SPEC = FamilySpec(
+    name=DDPM.family,
+    model=DDPM,
+    title="DDPM",
+    order=2,
+    colour="tab:green",
+    likelihood="bound",
+    deterministic_sampler=True,  # its default sampler, DDIM with eta=0
+    prediction="eps",
+    samplers=True,
+    default_sampler="ddim",
+    tiny_overrides=(
+        "model.net.base_channels=8",
+        "model.net.channel_mults=[1,2]",
+        "model.schedule.timesteps=100",
+        "model.sampler.steps=5",
+    ),
+    schema_rules=(
+        Rule("model.net.base_channels", integer(1), "32"),
+        Rule("model.net.channel_mults", int_list(1), "[1,2,2]"),
+        Rule("model.net.num_res_blocks", integer(1), "1"),
+        Rule("model.net.attn_resolutions", int_list(1, empty=True), "[8]"),
+        Rule("model.net.dropout", number(0, 1, hi_open=True), "0.1"),
+        Rule("model.ema_decay", number(0, 1, hi_open=True), "0.999"),
+        Rule("model.schedule.timesteps", integer(1), "1000"),
+        Rule("model.schedule.kind", choice("linear", "cosine"), "linear"),
+        Rule("model.schedule.beta_*", number(0, 1, lo_open=True, hi_open=True), "0.02"),
+    ),
+)

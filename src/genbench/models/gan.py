@@ -18,6 +18,8 @@ from torch import nn
 
 from genbench import GenbenchError
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
+from genbench.registry import FamilySpec
+from genbench.schema import Rule, choice, integer
 
 GAN_LOSSES = ("non_saturating", "hinge")
 
@@ -150,3 +152,21 @@ class GAN(GenerativeModel):
 
     def _decode_batch(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.generator(z)
+
+
+#: the GAN as a genbench family (genbench.registry): what generic code knows of it
+SPEC = FamilySpec(
+    name=GAN.family,
+    model=GAN,
+    title="GAN (DCGAN)",
+    order=0,
+    colour="tab:red",
+    likelihood=None,
+    deterministic_sampler=True,
+    tiny_overrides=("model.generator.width=8", "model.discriminator.width=8", "model.generator.z_dim=16"),
+    schema_rules=(
+        Rule("model.*z_dim", integer(1), "100"),
+        Rule("model.loss", choice("non_saturating", "hinge"), "non_saturating"),
+        Rule("model.d_steps_per_g_step", integer(1), "1"),
+    ),
+)

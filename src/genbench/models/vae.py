@@ -28,6 +28,8 @@ from genbench.distributions import (
     logmeanexp,
 )
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
+from genbench.registry import FamilySpec
+from genbench.schema import Rule, choice, integer, number
 
 #: likelihoods that are probabilities of 8-bit pixel levels -> their elementwise log-probability
 DISCRETIZED = {
@@ -216,3 +218,28 @@ class VAE(GenerativeModel):
 
     def _sample_batch(self, n: int, generator: torch.Generator | None, **kwargs: Any) -> torch.Tensor:
         return self.decode_mean(self.randn(n, self.latent_dim, generator=generator))
+
+
+#: the VAE as a genbench family (genbench.registry): what generic code knows of it
+SPEC = FamilySpec(
+    name=VAE.family,
+    model=VAE,
+    title="VAE",
+    order=1,
+    colour="tab:blue",
+    likelihood="bound",
+    has_encoder=True,
+    deterministic_sampler=True,
+    tiny_overrides=("model.encoder.width=8", "model.decoder.width=8", "model.latent_dim=8"),
+    schema_rules=(
+        Rule("model.latent_dim", integer(1), "32"),
+        Rule("model.*.latent_dim", integer(1), "32"),
+        Rule("model.beta", number(0), "1.0"),
+        Rule("model.sigma", number(0, lo_open=True, null=True), "0.1"),
+        Rule(
+            "model.likelihood",
+            choice("bernoulli", "gaussian", "discretized_logistic", "discretized_gaussian"),
+            "discretized_logistic",
+        ),
+    ),
+)

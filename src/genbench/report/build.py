@@ -117,7 +117,7 @@ def _why_no_training_curve(runs: list[RunResult], x_key: str) -> str:
         )
     return (
         f"the evaluations carry no '{x_key}': it comes from the TrainingBudget callback, which the benchmark's "
-        "runs have. Run genbench-benchmark, or train with experiment=benchmark/cpu_<family>."
+        "runs have. Run genbench-benchmark, or train with experiment=benchmark/cpu model=<family> family_sections=[cpu]."
     )
 
 
@@ -131,7 +131,8 @@ def _why_no_sampler_plot(runs: list[RunResult], several: bool) -> str:
         need = "sampling.json holds timings only (no quality per sampler)"
     return (
         f"{need}. The SamplingBenchmark callback of genbench-benchmark's runs writes it: run genbench-benchmark "
-        "(the DDPM is timed and scored with several samplers), or train with experiment=benchmark/cpu_<family>."
+        "(a family with samplers is timed and scored with several), or train with experiment=benchmark/cpu "
+        "model=<family> family_sections=[cpu]."
     )
 
 
@@ -178,7 +179,7 @@ def _used_sampler_text(run: RunResult) -> str:
         return used
     ev_sampler = ((run.config.get("callbacks") or {}).get("evaluation") or {}).get("sampler")
     model_sampler = (run.config.get("model") or {}).get("sampler")
-    # the evaluation's sampler applies only to a family that has one (the GAN and VAE ignore it)
+    # the evaluation's sampler applies only to a family that has samplers (the others ignore it)
     for cfg in (ev_sampler, model_sampler) if model_sampler else ():
         if isinstance(cfg, dict) and cfg.get("_target_"):
             name = str(cfg["_target_"]).rsplit(".", 1)[-1].removesuffix("Sampler").lower()

@@ -12,14 +12,14 @@ Row layout (``kind`` says which row it is):
   None with one seed), ``<key>_ci`` ([low, high] 95% Student-t interval, None with one seed),
   ``<key>_n`` (seeds that have it), ``<key>_range`` (max - min) and ``<key>_cv`` (std / |mean|);
   ``stability_note`` (e.g. "1 seed: no std or interval"); ``likelihood`` (what the bpd is, or
-  "none (implicit model: no likelihood)" for the GAN); cost: ``num_parameters``,
+  "none (implicit model: no likelihood)" for an implicit model); cost: ``num_parameters``,
   ``train_images_per_second``, ``train_seconds``, ``images_seen``, ``cpu_seconds``, ``load_avg``,
   ``cpu_count``, ``budget_kind`` ("time" or "images"), ``load_warning`` (text or None);
   sampling: ``sampling_images_per_second`` (sampler -> img/s), ``sampler`` (the evaluated one) and
   ``sample_images_per_second`` (its img/s).
 - ``kind="floor"``: the real-vs-real reference (``family="real vs real (floor)"``).
 - ``kind="spread"`` (``family="spread"``): only when a family has >= 2 seeds; each metric cell is
-  a text "gan 12.3 · vae 4.1" of max - min over seeds, ``by_family`` holds the numbers
+  a text "<family> 12.3 · <family> 4.1" of max - min over seeds, ``by_family`` holds the numbers
   ({family: {key: {"range", "cv", "n"}}}).
 """
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genbench.registry import family_sort_key, find_family
 from genbench.report.collect import RunResult
 
 
@@ -92,7 +93,6 @@ METRICS = [
 ]
 #: The extra columns of the markdown table (shown when any row has them).
 EXTRA_COLUMNS = ["bpd", "classes_covered", "class_kl", "memorised_frac"]
-FAMILY_ORDER = {"gan": 0, "vae": 1, "ddpm": 2}
 FLOOR_NAME = "real vs real (floor)"
 NO_LIKELIHOOD = "no likelihood"
 CONFIDENCE = 0.95
@@ -211,8 +211,9 @@ def _family_row(family: str, group: list[RunResult]) -> dict[str, Any]:
         else ("1 seed: no std or interval (run seeds=[0,1,2] for them)" if ok else "no successful run")
     )
     row["likelihood"] = _first(_eval_value(r, "likelihood") for r in ok)
-    if row.get("bpd") is None and row["likelihood"] is None and family == "gan":
-        row["likelihood"] = "none (implicit model: no likelihood)"
+    spec = find_family(family)
+    if row.get("bpd") is None and row["likelihood"] is None and spec is not None and spec.likelihood is None:
+        row["likelihood"] = spec.likelihood_note
     row["num_samples"] = _first(r.final.get("num_samples") for r in ok)
     row["num_classes"] = _first(_eval_value(r, "num_classes") for r in ok)
     row["extractor"] = _first(r.final.get("extractor") for r in ok)
@@ -259,12 +260,12 @@ def _spread_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def build_leaderboard(runs: list[RunResult], floor: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The leaderboard rows: one per family (sorted gan, vae, ddpm, others), the floor row when
+    """The leaderboard rows: one per family (in the registry's display order, unknown ones last), the floor row when
     ``floor`` is given, and a spread row when any family has several seeds (see the module doc)."""
     by_family: dict[str, list[RunResult]] = defaultdict(list)
     for run in runs:
         by_family[run.family].append(run)
-    rows = [_family_row(f, by_family[f]) for f in sorted(by_family, key=lambda f: (FAMILY_ORDER.get(f, 9), f))]
+    rows = [_family_row(f, by_family[f]) for f in sorted(by_family, key=family_sort_key)]
     spread = _spread_row(rows)
     if floor:
         row = {"family": FLOOR_NAME, "kind": "floor", "status": "reference", "seeds": [], "errors": []}
@@ -338,8 +339,8 @@ def format_interval(key: str, ci: Any) -> str:
 
 
 def format_cell(row: dict[str, Any], key: str) -> str:
-    """The table cell of ``key`` in ``row``: mean ± std, or the reason there is no number (the GAN's
-    bits/dim: "no likelihood" rather than a blank)."""
+    """The table cell of ``key`` in ``row``: mean ± std, or the reason there is no number (an implicit
+    model's bits/dim: "no likelihood" rather than a blank)."""
     if key == "bpd" and row.get("bpd") is None and str(row.get("likelihood") or "").startswith("none"):
         return NO_LIKELIHOOD
     return format_value(key, row.get(key), row.get(f"{key}_std"))

@@ -15,14 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter  # noqa: E402
 
+from genbench.registry import family_colour  # noqa: E402
 from genbench.report.collect import RunResult  # noqa: E402
 from genbench.report.leaderboard import METRICS  # noqa: E402
-
-COLOURS = {"gan": "tab:red", "vae": "tab:blue", "ddpm": "tab:green"}
-
-
-def _colour(family: str) -> str:
-    return COLOURS.get(family, "tab:gray")
 
 
 class PlainFormatter(ScalarFormatter):
@@ -95,7 +90,7 @@ def metrics_during_training(
             ys = [h[key] for _, h in points if h.get(key) is not None]
             values[key] += ys
             label = run.family if run.family not in seen else None
-            ax.plot(xs, ys, marker="o", color=_colour(run.family), label=label, alpha=0.85)
+            ax.plot(xs, ys, marker="o", color=family_colour(run.family), label=label, alpha=0.85)
             ax.set_title(f"{title} ({'lower' if low else 'higher'} is better)")
             ax.set_xlabel(x_label)
         seen.add(run.family)
@@ -144,7 +139,8 @@ def _save_log_x(fig, ax, path: Path, x_label: str, metric: str, title: str) -> P
 
 
 def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid") -> Path | None:
-    """Quality of the families that have several samplers (the DDPM) against sampling steps."""
+    """Quality of the families that have several samplers (e.g. a diffusion model) against
+    sampling steps."""
     points = [p for p in _sampler_points(runs) if metric in p[4]]
     families = {p[0] for p in points if sum(q[0] == p[0] for q in points) > 1}
     if not families:
@@ -161,7 +157,7 @@ def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid"
                 [p[0] for p in pts],
                 [p[1] for p in pts],
                 marker="o",
-                color=_colour(family),
+                color=family_colour(family),
                 linestyle="-" if kind == "ddim" else "none",
                 label=f"{family} {kind}",
             )
@@ -177,7 +173,7 @@ def quality_vs_cost(runs: list[RunResult], path: Path, metric: str = "eval/fid")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     seen = set()
     for family, sampler, _, ips, m in points:
-        ax.scatter(ips, m[metric], color=_colour(family), label=family if family not in seen else None, s=40)
+        ax.scatter(ips, m[metric], color=family_colour(family), label=family if family not in seen else None, s=40)
         ax.annotate(sampler, (ips, m[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         seen.add(family)
     return _save_log_x(fig, ax, path, "sampling images / s (log)", metric, "Quality against sampling cost")

@@ -1,10 +1,11 @@
 """How much a family's result depends on its seed: the per-seed training curves in one figure.
 
 The leaderboard gives the numbers (mean ± std, the 95% interval and the spread over seeds, see
-:mod:`genbench.report.leaderboard`); this module shows *why* they spread. A GAN that diverges or
-oscillates on one seed shows it in its loss curves long before its final FID does, so the figure
-puts each seed's training losses (from the CSV logger's ``csv/metrics.csv``) next to its FID at
-each evaluation point (``eval/metrics.jsonl``), one line per seed, one row of panels per family.
+:mod:`genbench.report.leaderboard`); this module shows *why* they spread. An adversarially
+trained model that diverges or oscillates on one seed shows it in its loss curves long before its
+final FID does, so the figure puts each seed's training losses (from the CSV logger's
+``csv/metrics.csv``) next to its FID at each evaluation point (``eval/metrics.jsonl``), one line
+per seed, one row of panels per family.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from genbench.registry import family_sort_key  # noqa: E402
 from genbench.report.collect import RunResult  # noqa: E402
 from genbench.report.plots import compact_count  # noqa: E402
 
@@ -57,12 +59,11 @@ def fid_curve(run: RunResult, x_key: str = "images_seen") -> list[tuple[float, f
 
 
 def per_seed_curves(runs: list[RunResult], path: Path, families: list[str] | None = None) -> Path | None:
-    """One figure, one row per family (the GAN first; ``families`` to choose), with the training
+    """One figure, one row per family (in display order; ``families`` to choose), with the training
     losses and the FID against images seen, one line per seed. Returns ``path``, or None when no
     successful run has a loss or FID curve (nothing to plot)."""
     runs = [r for r in runs if r.status == "ok"]
-    order = {"gan": 0, "vae": 1, "ddpm": 2}
-    chosen = families or sorted({r.family for r in runs}, key=lambda f: (order.get(f, 9), f))
+    chosen = families or sorted({r.family for r in runs}, key=family_sort_key)
     panels = []
     for family in chosen:
         group = sorted((r for r in runs if r.family == family), key=lambda r: (r.seed is None, r.seed))

@@ -6,7 +6,7 @@ sampling cost (images/s of the evaluated sampler), training cost to reach a give
 does not overlap the runner-up's; otherwise the sentence says "no clear winner" and names the
 families whose intervals overlap the leader's. With a single seed there is no interval: the
 sentence gives the order and says it comes from one seed and is uncertain. A family without the
-measure is named with the reason (the GAN has no likelihood; a metric not computed says so).
+measure is named with the reason (an implicit model has no likelihood; a metric not computed says so).
 
 Nothing here is hard-coded prose about the families: change the numbers and the verdict changes.
 """
