@@ -96,8 +96,14 @@ def test_closest_pairs_grid_puts_each_sample_above_its_neighbour(tmp_path):
 def test_scalar_results_are_the_one_list_and_skip_texts():
     result = {"fid": 3, "class_kl": 0.1, "class_hist": [0.5, 0.5], "likelihood": "none", "bpd": None, "x": 1.0}
     assert scalar_results(result, "eval/") == {"eval/fid": 3.0, "eval/class_kl": 0.1}
-    for key in ("classes_covered", "memorised_frac", "bpd", "bpd_iwae", "cpu_seconds", "load_avg", "images_seen"):
+    for key in ("classes_covered", "memorised_frac", "bpd", "cpu_seconds", "load_avg", "images_seen"):
         assert key in SCALAR_RESULTS
+    # a family's likelihood bounds are scalars by name (bpd_<bound>), known bounds or new ones
+    from genbench.metrics.catalogue import is_scalar, metric
+
+    assert all(is_scalar(k) for k in ("bpd_iwae", "bpd_vlb", "bpd_exact")) and not is_scalar("bpd_")
+    assert scalar_results({"bpd_exact": 2.5, "bpd_se": 0.1}) == {"bpd_exact": 2.5, "bpd_se": 0.1}
+    assert metric("bpd_iwae").title == "bpd (IWAE)" and metric("bpd_exact").lower_is_better is True
 
 
 def test_new_settings_are_checked():

@@ -99,27 +99,27 @@ def compose(
 def train(cfg: DictConfig) -> Run:
     """Fit one model as ``genbench-train`` does (checkpoints, sample grids, metrics.json in the run
     directory) and say where it went."""
-    from genbench.checkpointing import LAST
+    from genbench.rundir import RunLayout
     from genbench.train import ensure_output_dir
     from genbench.train import train as train_run
 
     run_dir = ensure_output_dir(cfg)
     metrics = train_run(cfg)
-    last = run_dir / "checkpoints" / LAST
+    last = RunLayout(run_dir).last_checkpoint
     return Run(run_dir=run_dir, metrics=metrics, checkpoint=last if last.is_file() else None)
 
 
 def load(path: str | Path | Run, device: str | torch.device = "cpu") -> Any:
     """A trained model from a checkpoint, a run directory (its ``checkpoints/last.ckpt``) or a
     :class:`Run`, in eval mode on ``device``. The family and architecture come from the checkpoint."""
-    from genbench.checkpointing import LAST
     from genbench.models import load_model_from_checkpoint
+    from genbench.rundir import RunLayout
 
     if isinstance(path, Run):
         path = path.checkpoint or path.run_dir
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / LAST
+        path = RunLayout(path).last_checkpoint
     return load_model_from_checkpoint(path, device)
 
 

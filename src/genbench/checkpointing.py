@@ -23,10 +23,9 @@ from genbench.compat import checkpoint_logger_step, prepend_csv_rows
 from genbench.distributed import is_rank_zero
 from genbench.errors import GenbenchError
 from genbench.models import GenerativeModel, checkpoint_family, read_checkpoint
+from genbench.rundir import LAST, RunLayout
 
 log = logging.getLogger("genbench.train")
-
-LAST = "last.ckpt"
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -35,13 +34,13 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     checkpoints, which would overwrite them. A SLURM job that was requeued (SLURM_RESTART_COUNT > 0)
     resumes from its own last.ckpt whatever ckpt_path says: that is the state it was stopped in."""
     ckpt_path = cfg.get("ckpt_path")
-    last = output_dir / "checkpoints" / LAST
+    last = RunLayout(output_dir).last_checkpoint
     if in_slurm_job() and slurm_restart_count() > 0 and last.is_file():
         log.info("SLURM restart %d of this job: resuming from its last.ckpt.", slurm_restart_count())
         ckpt_path = "auto"
     if ckpt_path == "auto":
         return str(last) if last.is_file() else None
-    existing = sorted((output_dir / "checkpoints").glob("*.ckpt"))
+    existing = sorted(RunLayout(output_dir).checkpoints.glob("*.ckpt"))
     if ckpt_path is None and existing and is_rank_zero():
         raise GenbenchError(
             f"{output_dir} already holds checkpoints ({existing[0].name}, ...); starting afresh would overwrite "
@@ -130,7 +129,7 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "dirpath", None):
             return Path(cb.dirpath)
-    return Path(trainer.default_root_dir) / "checkpoints"
+    return RunLayout(trainer.default_root_dir).checkpoints
 
 
 def save_last_checkpoint(trainer: pl.Trainer, pending: bool = False) -> Path:

@@ -26,13 +26,14 @@ HALF_BIN = 1.0 / (LEVELS - 1)
 
 @dataclass(frozen=True)
 class LikelihoodConfig:
-    """The ``likelihood`` options of an evaluation. ``timesteps`` >= the DDPM's T evaluates every
-    timestep (exact sum over t, only the q(x_t|x_0) noise is random)."""
+    """The ``likelihood`` options of an evaluation. Each family reads the options of its bounds:
+    ``iwae_k`` an importance-weighted bound, ``timesteps`` a diffusion bound (>= the schedule's T
+    evaluates every timestep: an exact sum over t, only the q(x_t|x_0) noise is random)."""
 
     enabled: bool = True
     num_images: int = 500  # test images used (a fixed, seeded subset)
-    iwae_k: int = 100  # VAE importance samples
-    timesteps: int = 50  # DDPM: Monte-Carlo timesteps per image (t uniform, without replacement)
+    iwae_k: int = 100  # importance samples of an IWAE bound
+    timesteps: int = 50  # diffusion bound: Monte-Carlo timesteps per image (t uniform, without replacement)
     batch_size: int = 100
 
     def __post_init__(self) -> None:
@@ -147,5 +148,5 @@ def discretized_logistic_log_likelihood(
 ) -> torch.Tensor:
     """Elementwise log-probability (nats) of 8-bit levels ``x`` under a logistic with location
     ``mean`` and scale exp(log_scale) integrated over each level's bin (PixelCNN++, Salimans et al.
-    2017, one component; the IAF-VAE decoder of Kingma et al. 2016). ``dtype`` as for the Gaussian."""
+    2017, one component; the IAF decoder of Kingma et al. 2016). ``dtype`` as for the Gaussian."""
     return _discretized_log_likelihood(x, mean, log_scale, _logistic_log_cdf, _logistic_log_pdf, dtype)

@@ -36,6 +36,8 @@ from genbench.io import atomic_write_json, check_writable, read_json
 from genbench.latents import write_latent_grids
 from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8, scalar_results
 from genbench.metrics.fidelity import check_sample_counts
+from genbench.metrics.record import CLI, EvalRecord
+from genbench.rundir import CHECKPOINTS, RunLayout
 from genbench.schema import validate_config
 from genbench.summary import print_summary, setup_run_logging
 
@@ -122,7 +124,7 @@ def budget_progress(ckpt: dict[str, Any]) -> dict[str, Any]:
 def pairs_location(out: Path, stem: str) -> tuple[Path, Path]:
     """(PNG path, the directory its recorded path is relative to): beside metrics.json, relative to
     the run directory when metrics.json is the run's ``checkpoints/metrics.json``."""
-    base = out.parent.parent if out.parent.name == "checkpoints" else out.parent
+    base = out.parent.parent if out.parent.name == CHECKPOINTS else out.parent
     return out.parent / f"closest_pairs-{stem}.png", base
 
 
@@ -136,8 +138,8 @@ def output_path(cfg: DictConfig) -> Path:
     if cfg.get("output"):
         return Path(str(cfg.output)).expanduser()
     if not cfg.get("input1") and cfg.get("ckpt_path"):
-        return Path(str(cfg.ckpt_path)).expanduser().parent / "metrics.json"
-    return Path(cfg.paths.output_dir) / "metrics.json"
+        return RunLayout.of_checkpoint(str(cfg.ckpt_path)).eval_results
+    return RunLayout(cfg.paths.output_dir).metrics
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -183,19 +185,20 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         )
         result["grids"] = {name: path.name for name, path in grids.items()}  # relative to metrics.json
     used = sampler if sampler is not None else getattr(model, "sampler", None)  # None: a family without samplers
-    result.update(
-        source="genbench-eval",
+    record = EvalRecord(
+        CLI,
+        model.family,
+        ckpt.get("epoch"),
+        ckpt.get("global_step"),
+        cfg.seed,
+        used.describe() if used is not None else None,
+    )
+    record.stamp(
+        result,
         ckpt=ckpt_path.name,
-        family=model.family,
-        epoch=ckpt.get("epoch"),
-        step=ckpt.get("global_step"),
-        global_step=ckpt.get("global_step"),
         **budget_progress(ckpt),
-        sampler=used.describe() if used is not None else None,
-        seed=cfg.seed,
         sampling_seconds=round(sampling_seconds, 2),
         sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
-        evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     return result, out
 
@@ -224,12 +227,7 @@ def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     pairs, base = pairs_location(out, f"{out.stem}-{len(generated)}")
     result = (evaluator or make_evaluator()).evaluate(generated, pairs_path=pairs)
     _relative_pairs(result, base)
-    result.update(
-        source="genbench-eval",
-        input1=gen_label,
-        input2=real_label,
-        evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )
+    EvalRecord(CLI, seed=cfg.seed).stamp(result, input1=gen_label, input2=real_label)
     return result, out
 
 
@@ -238,8 +236,8 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
     one (``<run>/wandb_run_id``, written by genbench.loggers): the run is resumed by its id, with
     the project and entity it was trained with, offline without credentials. So the dashboard
     holds a run's numbers whichever path computed them. Returns the W&B run id, or None."""
-    run_dir = ckpt_path.parent.parent
-    id_file = run_dir / "wandb_run_id"
+    layout = RunLayout.of_checkpoint(ckpt_path)
+    run_dir, id_file = layout.root, layout.wandb_run_id
     if not id_file.is_file() or not id_file.read_text().strip():
         return None
     import wandb
@@ -288,7 +286,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     append_result(out, result)
     result["metrics_json"] = str(out)
-    if result.get("source") == "genbench-eval":
+    if result.get("source") == CLI:
         result["wandb_run_id"] = log_to_run_wandb(Path(str(cfg.ckpt_path)).expanduser(), result)
     log.info("%s -> %s", json.dumps(scalar_results(result)), out)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))

@@ -1,14 +1,15 @@
-"""What a family's latent space shows: interpolation grids (all three) and reconstructions (the VAE).
+"""What a family's latent space shows: interpolation grids (every family) and reconstructions (the
+families with an encoder).
 
-Each family decodes a latent deterministically (``GenerativeModel.decode_latents``): the GAN's
-generator and the VAE's decoder map z, the DDPM maps x_T through DDIM with eta=0. So a path
+Each family decodes a latent deterministically (``GenerativeModel.decode_latents``): a generator or
+a decoder maps z, a diffusion model maps x_T through a deterministic sampler (DDIM with eta=0). So a path
 between two latents is a path between two images, and its endpoints are exactly the images those
 latents give on their own. Paths are spherical (slerp) by default: two Gaussian draws in d
 dimensions have norms ~ sqrt(d) and are nearly orthogonal, and the straight line between them
 passes through latents of norm ~ sqrt(d/2) that the model has never seen (White, 2016); slerp
 keeps the norm of equal-norm endpoints all the way.
 
-The sample-grid callback writes ``samples/interp_final.png`` (and, for the VAE,
+The sample-grid callback writes ``samples/interp_final.png`` (and, for a family with an encoder,
 ``samples/recon_<tag>.png``); :func:`write_latent_grids` writes the same for any loaded model
 (``genbench-eval``, notebooks).
 """
@@ -111,17 +112,18 @@ def interpolation_grid(
     **decode_kwargs: Any,
 ) -> torch.Tensor:
     """A uint8 grid image (C, H, W): one row per pair of latents, ``n_steps`` columns from one
-    endpoint to the other (DDPM: x_T decoded by DDIM with eta=0; ``sampler=`` another DDIM eta=0)."""
+    endpoint to the other (a diffusion model: x_T decoded by its deterministic sampler; ``sampler=``
+    another deterministic one)."""
     images = interpolation_images(model, n_rows, n_steps, generator, method, **decode_kwargs)
     return to_grid_uint8(images, nrow=n_steps)
 
 
 def reconstruction_grid(model: Any, images: torch.Tensor) -> torch.Tensor:
-    """A uint8 grid image (C, H, W) of a VAE's reconstructions: the top row the ``images`` (uint8,
+    """A uint8 grid image (C, H, W) of an encoder family's reconstructions: the top row the ``images`` (uint8,
     or float in [-1, 1]), the bottom row their mean reconstructions ``decode(encode(x).mu)``."""
     if not hasattr(model, "reconstruct"):
         family = getattr(model, "family", type(model).__name__)
-        raise GenbenchError(f"Reconstructions need an encoder: a {family} has none (only the VAE has one).")
+        raise GenbenchError(f"Reconstructions need an encoder: a {family} has none (FamilySpec.has_encoder).")
     x = to_unit_range(images) if images.dtype == torch.uint8 else images.float()
     recon = model.reconstruct(x).cpu()
     return to_grid_uint8(torch.cat([x.cpu(), recon]), nrow=len(x))
@@ -151,7 +153,7 @@ def write_latent_grids(
     method: str = "slerp",
     **decode_kwargs: Any,
 ) -> dict[str, Path]:
-    """Write ``interp_<tag>.png`` (every family) and, for a VAE given ``real`` images (e.g. the first
+    """Write ``interp_<tag>.png`` (every family) and, for a family with an encoder given ``real`` images (e.g. the first
     8 of the validation split), ``recon_<tag>.png`` into ``out_dir``; returns {"interp": path, ...}.
     The latents come from a private generator seeded with ``seed``: the same grid on every call."""
     out_dir = Path(out_dir)

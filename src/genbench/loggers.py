@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.config import build
 from genbench.distributed import is_rank_zero
+from genbench.rundir import RunLayout
 
 log = logging.getLogger("genbench")
 
@@ -149,7 +150,7 @@ def wandb_run_id(run_dir: Path) -> str | None:
     """The W&B run id of a run directory, kept in ``<run_dir>/wandb_run_id``: created on the first
     start, read back on resume. A fresh id per directory (not a hash of its path) so a deleted and
     re-created directory starts a new W&B run. Ranks > 0 never create it (they do not log)."""
-    path = run_dir / "wandb_run_id"
+    path = RunLayout(run_dir).wandb_run_id
     if path.is_file():
         return path.read_text().strip() or None
     if not is_rank_zero():

@@ -32,15 +32,54 @@ from genbench.io import atomic_write_json, probe_writable
 log = logging.getLogger("genbench")
 
 CONFIG = "config_resolved.yaml"  # the fully resolved config of the run
+CHECKPOINTS = "checkpoints"  # ModelCheckpoint's and ResumeCheckpoint's directory
+LAST = "last.ckpt"  # the resumable checkpoint, written atomically at every save
+EVAL_RESULTS = f"{CHECKPOINTS}/metrics.json"  # genbench-eval: every evaluation of the run's checkpoints
+WANDB_RUN_ID = "wandb_run_id"  # the run's W&B id: a resumed job or genbench-eval continues that run
 METRICS = "metrics.json"  # final training metrics (family, steps, parameters, callback metrics)
 FAILED = "failed.json"  # written instead of metrics.json when a fail_soft job fails
 BUDGET = "budget.json"  # TrainingBudget: what was spent
 SAMPLING = "sampling.json"  # SamplingBenchmark: sampling speed (and quality) per sampler
-EVAL_HISTORY = "eval/metrics.jsonl"  # EvaluationCallback: one line per evaluation
-EVAL_FINAL = "eval/final.json"  # EvaluationCallback: the final model's evaluation
+EVAL_DIR = "eval"  # EvaluationCallback's results
+EVAL_HISTORY = f"{EVAL_DIR}/metrics.jsonl"  # EvaluationCallback: one line per evaluation
+EVAL_FINAL = f"{EVAL_DIR}/final.json"  # EvaluationCallback: the final model's evaluation
+EVAL_LATEST = f"{EVAL_DIR}/latest.json"  # EvaluationCallback: the newest evaluation
 FINAL_GRID = "samples/final.png"  # SampleGrid: the final model's samples
 FINAL_RECON = "samples/recon_final.png"  # SampleGrid (encoder families): validation images above their reconstructions
 FINAL_INTERP = "samples/interp_final.png"  # SampleGrid: latent interpolations of the final model
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of one run directory lives: the one object writers and readers share, so
+    a file is named in one place (the constants above) and found by every tool the same way."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    config = property(lambda self: self.root / CONFIG)
+    metrics = property(lambda self: self.root / METRICS)
+    failed = property(lambda self: self.root / FAILED)
+    budget = property(lambda self: self.root / BUDGET)
+    sampling = property(lambda self: self.root / SAMPLING)
+    checkpoints = property(lambda self: self.root / CHECKPOINTS)
+    last_checkpoint = property(lambda self: self.root / CHECKPOINTS / LAST)
+    eval_results = property(lambda self: self.root / EVAL_RESULTS)
+    eval_dir = property(lambda self: self.root / EVAL_DIR)
+    eval_history = property(lambda self: self.root / EVAL_HISTORY)
+    eval_final = property(lambda self: self.root / EVAL_FINAL)
+    eval_latest = property(lambda self: self.root / EVAL_LATEST)
+    final_grid = property(lambda self: self.root / FINAL_GRID)
+    final_recon = property(lambda self: self.root / FINAL_RECON)
+    final_interp = property(lambda self: self.root / FINAL_INTERP)
+    wandb_run_id = property(lambda self: self.root / WANDB_RUN_ID)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt_path: str | Path) -> RunLayout:
+        """The layout of the run a checkpoint (``<run>/checkpoints/<name>.ckpt``) belongs to."""
+        return cls(Path(ckpt_path).expanduser().parent.parent)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -48,7 +87,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     that failed before training wrote it): what the report and genbench-eval read of a run."""
     import yaml
 
-    path = Path(run_dir) / CONFIG
+    path = RunLayout(run_dir).config
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
@@ -72,7 +111,7 @@ def write_failure(
         "overrides": list(overrides),
         "details": details,
     }
-    path = Path(run_dir) / FAILED
+    path = RunLayout(run_dir).failed
     atomic_write_json(path, record)
     return path
 

@@ -37,7 +37,7 @@ from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable_dir
 from genbench.loggers import build_loggers, finish_wandb
 from genbench.models import GenerativeModel, family_of_config
-from genbench.rundir import CONFIG, write_failure
+from genbench.rundir import CONFIG, RunLayout, write_failure
 from genbench.schema import validate_config
 from genbench.summary import print_summary, setup_run_logging
 
@@ -94,9 +94,10 @@ def finished_metrics(cfg: DictConfig, output_dir: Path, ckpt_path: str) -> dict[
     metrics.json with the few metrics a fit that trains no step logs."""
     from genbench.io import read_json
 
-    if Path(ckpt_path).resolve() != (output_dir / "checkpoints" / "last.ckpt").resolve():
+    layout = RunLayout(output_dir)
+    if Path(ckpt_path).resolve() != layout.last_checkpoint.resolve():
         return None
-    done = read_json(output_dir / "metrics.json")
+    done = read_json(layout.metrics)
     if not isinstance(done, dict) or "global_step" not in done:
         return None
     max_steps, max_epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
@@ -176,7 +177,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             num_parameters=model.num_parameters(),
         )
         if trainer.is_global_zero:
-            atomic_write_json(output_dir / "metrics.json", metrics)
+            atomic_write_json(RunLayout(output_dir).metrics, metrics)
     finally:
         finish_wandb()
     print_summary("genbench-train: done", run_summary(trainer, output_dir, metrics, time.perf_counter() - started))

@@ -31,12 +31,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
 from genbench.errors import GenbenchError
+from genbench.rundir import RunLayout
 
 
 class TrainingBudget(pl.Callback):
@@ -148,7 +148,7 @@ class TrainingBudget(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``budget.json``: the budget, what was spent, and the training throughput."""
         if trainer.is_global_zero:
-            out = Path(trainer.default_root_dir) / "budget.json"
+            out = RunLayout(trainer.default_root_dir).budget
             out.parent.mkdir(parents=True, exist_ok=True)
             report = {
                 "max_images": self.max_images,

@@ -36,7 +36,9 @@ from genbench.callbacks.budget import TrainingBudget
 from genbench.errors import GenbenchError
 from genbench.io import atomic_write_bytes, atomic_write_json
 from genbench.metrics import Evaluator, MetricsConfig, sample_uint8, scalar_results
+from genbench.metrics.record import CALLBACK, EvalRecord
 from genbench.reproducibility import preserved_training_state
+from genbench.rundir import RunLayout
 from genbench.stopping import StopRequested
 
 log = logging.getLogger("genbench.metrics")
@@ -157,12 +159,8 @@ class EvaluationCallback(pl.Callback):
             log.warning("Evaluation at step %d interrupted: %s.", trainer.global_step, e)
             return
         self._last_step = trainer.global_step
-        result.update(
-            source="callback",
-            epoch=trainer.current_epoch,
-            step=trainer.global_step,
-            seconds=round(time.perf_counter() - start, 2),
-            evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        EvalRecord(CALLBACK, pl_module.family, trainer.current_epoch, trainer.global_step, self.seed).stamp(
+            result, seconds=round(time.perf_counter() - start, 2)
         )
         if self.budget is not None:  # images seen, pure training seconds, CPU time and load so far
             result.update(self.budget.training_progress())
@@ -176,7 +174,7 @@ class EvaluationCallback(pl.Callback):
                     logger.log_hyperparams(
                         {f"{PREFIX}extractor": result.get("extractor"), f"{PREFIX}real": result.get("real")}
                     )
-            self._write(trainer, result, "final.json" if final else None)
+            self._write(trainer, result, final)
             shown = ", ".join(f"{k.removeprefix(PREFIX)}={v:.4g}" for k, v in scalars.items())
             log.info(
                 "Evaluation at step %d (%s, n=%d): %s",
@@ -201,8 +199,8 @@ class EvaluationCallback(pl.Callback):
             if extra:
                 result.update(extra)
                 self._log(trainer, pl_module, scalar_results(extra, PREFIX), can_log=False)
-                self._write(trainer, result, None, append=False, replace_last=True)
-        self._write(trainer, {**result, "final": True}, "final.json", append=False)
+                self._write(trainer, result, False, append=False, replace_last=True)
+        self._write(trainer, {**result, "final": True}, True, append=False)
 
     def _log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, scalars: dict[str, float], can_log: bool
@@ -227,7 +225,7 @@ class EvaluationCallback(pl.Callback):
         self,
         trainer: pl.Trainer,
         result: dict[str, Any],
-        name: str | None,
+        final: bool,
         append: bool = True,
         replace_last: bool = False,
     ) -> None:
@@ -235,19 +233,18 @@ class EvaluationCallback(pl.Callback):
         and refresh ``latest.json`` / ``final.json``."""
         if not trainer.is_global_zero:
             return
-        out = self.run_dir(trainer) / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        if replace_last and (out / "metrics.jsonl").is_file():
-            lines = (out / "metrics.jsonl").read_text().splitlines()[:-1]
-            atomic_write_bytes(
-                out / "metrics.jsonl", "".join(f"{line}\n" for line in [*lines, json.dumps(result)]).encode()
-            )
+        layout = RunLayout(self.run_dir(trainer))
+        layout.eval_dir.mkdir(parents=True, exist_ok=True)
+        history = layout.eval_history
+        if replace_last and history.is_file():
+            lines = history.read_text().splitlines()[:-1]
+            atomic_write_bytes(history, "".join(f"{line}\n" for line in [*lines, json.dumps(result)]).encode())
         elif append:
-            with open(out / "metrics.jsonl", "a") as f:
+            with open(history, "a") as f:
                 f.write(json.dumps(result) + "\n")
-        atomic_write_json(out / (name or "latest.json"), result)
-        if name is not None:
-            atomic_write_json(out / "latest.json", result)
+        atomic_write_json(layout.eval_final if final else layout.eval_latest, result)
+        if final:
+            atomic_write_json(layout.eval_latest, result)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Sample (split across ranks), gather, compute on rank 0, broadcast. Collective: every

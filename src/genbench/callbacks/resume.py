@@ -11,7 +11,7 @@
 
 Always at a batch start: the previous batch is trained *and logged* and nothing of the next has
 run, so the checkpoint and the CSV log agree exactly (a handler or a batch-end save would catch a
-step half done: between a GAN's two optimizer steps, before the DDPM's EMA update, inside a DDP
+step half done: between a two-optimizer family's two steps, before an EMA update, inside a DDP
 all-reduce). Every checkpoint also carries the RNG streams of every rank and the position inside
 the epoch's order (:class:`genbench.reproducibility.EpochOrder`), which are restored at the first
 batch of the resumed run: the resumed run then trains the same batches with the same noise as

@@ -1,5 +1,5 @@
 """Save (and log) a grid of samples from fixed noise at regular intervals, and the families' own
-views of their latent space (genbench.latents): the VAE's reconstructions of fixed validation
+views of their latent space (genbench.latents): an encoder family's reconstructions of fixed validation
 images with every grid (``recon_<tag>.png``), and an interpolation grid of every family at the end
 of training (``interp_final.png``).
 
@@ -36,7 +36,7 @@ class SampleGrid(pl.Callback):
         interpolation_rows: int = 4,
         interpolation_steps: int = 8,
     ) -> None:
-        """``reconstructions``: how many validation images (the split's first) a VAE's
+        """``reconstructions``: how many validation images (the split's first) an encoder family's
         ``recon_<tag>.png`` shows above their reconstructions (0: none); ``interpolation_rows`` x
         ``interpolation_steps``: the train-end ``interp_final.png`` (0 rows: none)."""
         self.num_samples = num_samples

@@ -1,8 +1,8 @@
 """Sampling cost and, for families with several samplers, quality per sampler.
 
 At the end of training, ``SamplingBenchmark`` times ``sample()`` of the final model for each
-configured sampler (the DDPM: ancestral and DDIM at several step counts; the GAN and VAE have one
-way to sample) and, when linked to the run's :class:`EvaluationCallback` (``link_callbacks``), evaluates each non-default
+configured sampler (a family with samplers: e.g. ancestral and DDIM at several step counts; the
+others have one way to sample) and, when linked to the run's :class:`EvaluationCallback` (``link_callbacks``), evaluates each non-default
 sampler with the same evaluator and sample count, so "quality against sampling steps" and
 "quality against sampling cost" come from one protocol. Results go to ``<run>/sampling.json``.
 
@@ -92,7 +92,7 @@ class SamplingBenchmark(pl.Callback):
                 for name, sampler in candidates.items():
                     if sampler is not None:  # a model that takes samplers readies them for itself
                         sampler = pl_module.prepare_sampler(sampler)
-                    # the model's own sampler is named by what it is (e.g. ddim-10); GAN/VAE: "default"
+                    # the model's own sampler is named by what it is (e.g. ddim-10); without samplers: "default"
                     used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
                     entry: dict[str, Any] = {
                         "sampler": used.label if used is not None else "default",

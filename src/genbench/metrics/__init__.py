@@ -20,7 +20,8 @@ The formulas written independently of torch-fidelity, which the tests check it a
 The Lightning callback that evaluates during training is :class:`genbench.callbacks.EvaluationCallback`.
 """
 
-from genbench.metrics.evaluator import NOISE_METRIC, SCALAR_RESULTS, Evaluator, scalar_results
+from genbench.metrics.catalogue import NOISE_METRIC, scalar_results
+from genbench.metrics.evaluator import SCALAR_RESULTS, Evaluator
 from genbench.metrics.extractors import EXTRACTOR_CHOICES, resolve_extractor
 from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
 from genbench.metrics.images import UInt8ImageDataset, check_images, sample_uint8

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from genbench.errors import GenbenchError
+from genbench.metrics.catalogue import CATALOGUE
 from genbench.metrics.extractors import resolve_extractor
-from genbench.metrics.fidelity import RESULT_NAMES, compute_metrics
+from genbench.metrics.fidelity import compute_metrics
 from genbench.metrics.images import check_images
 from genbench.metrics.real_cache import real_cache_key
 from genbench.metrics.settings import MetricsConfig
@@ -24,51 +25,12 @@ from genbench.metrics.spec import INCEPTION, ExtractorSpec
 
 log = logging.getLogger("genbench.metrics")
 
-#: every scalar an evaluation result may carry, in one list: the training callback logs these as
-#: ``eval/<name>``, genbench-eval logs them too, and readers (compare, report) can rely on it.
+#: every scalar an evaluation result may carry (the metric catalogue's scalars): the training
+#: callback logs these as ``eval/<name>``, genbench-eval logs them too, and readers (compare,
+#: report) can rely on it; a family's likelihood bounds add ``bpd_<bound>`` (catalogue.metric).
 #: Lists and texts (``class_hist``, ``likelihood``, ``closest_pairs``, ``extractor``...) are
 #: recorded in the JSON results but are not scalars.
-SCALAR_RESULTS: tuple[str, ...] = (
-    *RESULT_NAMES.values(),  # fid kid_mean kid_std is_mean is_std precision recall f_score
-    # mode coverage (genbench.metrics.coverage)
-    "classes_covered",
-    "num_classes",
-    "class_kl",
-    # memorisation (genbench.metrics.memorisation)
-    "nn_train_median",
-    "nn_heldout_median",
-    "memorised_frac",
-    # likelihood (genbench.metrics.likelihood)
-    "bpd",
-    "bpd_se",
-    "bpd_elbo",
-    "bpd_iwae",
-    "iwae_k",
-    "bpd_vlb",
-    "likelihood_images",
-    # cost and load (genbench.callbacks.budget)
-    "images_seen",
-    "cpu_seconds",
-    "load_avg",
-    "cpu_count",
-    "num_samples",
-)
-
-#: the logged metric the sampling noise is judged on (lower is better): SamplingBenchmark chooses
-#: the sampler by it, and the report quotes its standard deviation over sampling seeds
-NOISE_METRIC = "eval/fid"
-
-
-def scalar_results(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric entries of ``result`` named in :data:`SCALAR_RESULTS`, as floats (``prefix``
-    prepended, e.g. ``eval/``); absent, None and non-numeric values are left out."""
-    out = {}
-    for name in SCALAR_RESULTS:
-        value = result.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        out[f"{prefix}{name}"] = float(value)
-    return out
+SCALAR_RESULTS: tuple[str, ...] = tuple(m.name for m in CATALOGUE.values() if m.scalar)
 
 
 class Evaluator:

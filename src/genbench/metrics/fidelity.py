@@ -40,6 +40,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from genbench.devices import resolve_device
 from genbench.errors import GenbenchError
 from genbench.io import tensor_digest
+from genbench.metrics import catalogue
 from genbench.metrics import coverage as cov
 from genbench.metrics import memorisation as mem
 from genbench.metrics.images import UInt8ImageDataset, check_images
@@ -56,14 +57,14 @@ _SKIPPED: set[str] = set()
 
 #: torch-fidelity's result keys -> genbench's (logged as ``eval/<name>``)
 RESULT_NAMES = {
-    torch_fidelity.KEY_METRIC_FID: "fid",
-    torch_fidelity.KEY_METRIC_KID_MEAN: "kid_mean",
-    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
-    torch_fidelity.KEY_METRIC_ISC_MEAN: "is_mean",
-    torch_fidelity.KEY_METRIC_ISC_STD: "is_std",
-    torch_fidelity.KEY_METRIC_PRECISION: "precision",
-    torch_fidelity.KEY_METRIC_RECALL: "recall",
-    torch_fidelity.KEY_METRIC_F_SCORE: "f_score",
+    torch_fidelity.KEY_METRIC_FID: catalogue.FID,
+    torch_fidelity.KEY_METRIC_KID_MEAN: catalogue.KID,
+    torch_fidelity.KEY_METRIC_KID_STD: catalogue.KID_STD,
+    torch_fidelity.KEY_METRIC_ISC_MEAN: catalogue.IS,
+    torch_fidelity.KEY_METRIC_ISC_STD: catalogue.IS_STD,
+    torch_fidelity.KEY_METRIC_PRECISION: catalogue.PRECISION,
+    torch_fidelity.KEY_METRIC_RECALL: catalogue.RECALL,
+    torch_fidelity.KEY_METRIC_F_SCORE: catalogue.F_SCORE,
 }
 
 

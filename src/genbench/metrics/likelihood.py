@@ -2,17 +2,18 @@
 
 The data are 8-bit integers. A model that assigns a *probability* to each of the 256 levels of each
 pixel (a discretised decoder: each level's bin of width 2/255 on the [-1, 1] scale, the two end bins
-extended to +-infinity, as in PixelCNN++ (Salimans et al., 2017) and DDPM (Ho et al., 2020)) has a
+extended to +-infinity, as in PixelCNN++ (Salimans et al., 2017) and Ho et al. (2020)) has a
 negative log-likelihood in nats that converts to bits/dim by dividing by ``dims * ln 2``, with no
 Jacobian term: integrating a density over each bin already removes the [-1, 1] scaling. A uniform
 model over the 256 levels scores exactly 8 bits/dim; every number here is an *upper bound* on the
 model's true NLL (lower is better):
 
-* the VAE: the ELBO and the importance-weighted bound with K samples (IWAE, Burda et al., 2016),
-  which is never looser than the ELBO and tightens as K grows;
-* the DDPM: the variational bound L_T + sum_{t>1} L_{t-1} + L_0 of Ho et al. (2020, eq. 5), the
-  sum over timesteps estimated without bias from ``timesteps`` uniformly drawn t per image;
-* the GAN: an implicit model, no likelihood (stated, not left blank).
+* a latent-variable model: the ELBO and the importance-weighted bound with K samples (IWAE, Burda
+  et al., 2016), which is never looser than the ELBO and tightens as K grows;
+* a diffusion model: the variational bound L_T + sum_{t>1} L_{t-1} + L_0 of Ho et al. (2020, eq. 5),
+  the sum over timesteps estimated without bias from ``timesteps`` uniformly drawn t per image;
+* an exact likelihood where the model has one (a bound equal to the NLL);
+* an implicit model: no likelihood (stated, not left blank: ``FamilySpec.likelihood_note``).
 
 A family takes part through two methods (duck-typed, so this module needs no list of families):
 ``likelihood_description(cfg) -> str`` (what is reported, or ``"none (why)"``) and
@@ -29,9 +30,10 @@ import torch
 
 from genbench import GenbenchError
 from genbench.distributions import LikelihoodConfig, nats_to_bits_per_dim
+from genbench.registry import IMPLICIT
 
-#: what a model without a likelihood reports (the GAN)
-NO_LIKELIHOOD = "none (implicit model: no likelihood)"
+#: what a model without a likelihood reports (an implicit model)
+NO_LIKELIHOOD = IMPLICIT
 #: seed of the fixed test subset: the same images for every model and evaluation point
 SUBSET_SEED = 1234
 
@@ -62,7 +64,7 @@ def evaluate_likelihood(
     are used. ``generator`` drives the model's sampling noise (default: seeded, so repeated calls
     agree). Returns ``bpd`` (the headline bound), ``bpd_se`` (its standard error over images, which
     includes the Monte-Carlo noise), ``bpd_<bound>`` per bound (``bpd_elbo``/``bpd_iwae`` +
-    ``iwae_k`` for the VAE, ``bpd_vlb`` for the DDPM), ``likelihood_images`` and ``likelihood`` (a
+    ``iwae_k`` with an IWAE bound, ``bpd_vlb`` for a diffusion bound), ``likelihood_images`` and ``likelihood`` (a
     short description); a model without a likelihood returns only ``likelihood`` ("none (...)")."""
     cfg = cfg if cfg is not None else LikelihoodConfig()
     if not isinstance(cfg, LikelihoodConfig):
@@ -98,7 +100,7 @@ def evaluate_likelihood(
                     per_bound.setdefault(name, []).append(nats.detach().double().cpu())
     finally:
         model.train(was_training)
-    if not per_bound:  # e.g. a VAE trained with a likelihood that is no distribution over 8-bit levels
+    if not per_bound:  # e.g. a decoder trained with a likelihood that is no distribution over 8-bit levels
         return {"likelihood": description}
     dims = int(images[0].numel())
     result: dict[str, Any] = {}

@@ -76,7 +76,7 @@ def eval_command(run: RunResult) -> str:
     newest checkpoint)."""
     ckpt = run.last_ckpt
     if not ckpt.is_file():
-        found = sorted((run.run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(rundir.RunLayout(run.run_dir).checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         ckpt = found[-1] if found else ckpt
     return f"genbench-eval ckpt_path={ckpt}"
 
@@ -86,7 +86,7 @@ def missing_metric_hints(
 ) -> list[dict[str, str]]:
     """One hint per finished run whose final result lacks any of ``keys`` (the table's metric
     columns): which numbers, and the command that computes them. A bits/dim the model states it
-    cannot have (the GAN's ``likelihood`` "none ...", in its result or its leaderboard row) is
+    cannot have (an implicit model's ``likelihood`` "none ...", in its result or its leaderboard row) is
     not missing."""
     stated = {r.get("family"): str(r.get("likelihood") or "") for r in rows or []}
     hints = []
@@ -144,7 +144,7 @@ def _join(values: list[Any]) -> str:
 
 
 def _per_family(runs: list[RunResult], text) -> str:
-    """'gan: ...; vae: ...' of ``text(run)`` over the finished runs (one entry where all agree)."""
+    """'<family>: ...; <family>: ...' of ``text(run)`` over the finished runs (one entry where all agree)."""
     by_family: dict[str, list[str]] = defaultdict(list)
     for run in runs:
         if run.status == "ok":
@@ -322,7 +322,7 @@ def _cell_px(runs: list[RunResult]) -> int:
 
 
 def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path) -> list[dict[str, Any]]:
-    """Real images, and each family's final samples (first seed), the VAE's reconstructions, the
+    """Real images, and each family's final samples (first seed), the reconstructions of families with an encoder, the
     interpolations and the closest generated/training pairs where the runs have them: enlarged to
     a readable cell size into ``out_dir/grids/<group>_<kind>.png``. Each entry: group (the family,
     or "real images"), kind, title, path, factor."""

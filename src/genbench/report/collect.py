@@ -19,7 +19,9 @@ from typing import Any
 from genbench import rundir
 from genbench.errors import GenbenchError
 from genbench.io import read_json
+from genbench.metrics.record import CALLBACK, CLI, record_step
 from genbench.models import family_of_config
+from genbench.rundir import RunLayout
 
 
 @dataclass
@@ -60,14 +62,14 @@ class RunResult:
     @property
     def last_ckpt(self) -> Path:
         """The checkpoint ``genbench-eval`` evaluates: the run's final model."""
-        return self.run_dir / "checkpoints" / "last.ckpt"
+        return RunLayout(self.run_dir).last_checkpoint
 
 
 #: ``source`` of an evaluation record (the writers set it too), and where each one's records live
-CALLBACK_SOURCE = "callback"
-EVAL_SOURCE = "genbench-eval"
+CALLBACK_SOURCE = CALLBACK
+EVAL_SOURCE = CLI
 #: where genbench-eval appends its results for a checkpoint of the run
-EVAL_RESULTS = "checkpoints/metrics.json"
+EVAL_RESULTS = rundir.EVAL_RESULTS
 SOURCE_FILES = {CALLBACK_SOURCE: rundir.EVAL_FINAL, EVAL_SOURCE: EVAL_RESULTS}
 
 
@@ -92,9 +94,7 @@ def _timestamp(text: Any) -> float | None:
         return None
 
 
-def _step(record: dict[str, Any]) -> int:
-    step = record.get("step", record.get("global_step"))
-    return int(step) if isinstance(step, int | float) else -1
+_step = record_step
 
 
 def merge_evaluations(

@@ -18,9 +18,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from genbench.metrics.catalogue import aggregated
 from genbench.report.leaderboard import (
     EXTRA_COLUMNS,
-    METRIC_INFO,
     METRICS,
     column_title,
     format_cell,
@@ -168,7 +168,7 @@ def leaderboard_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the other metric keys the rows hold (bound variants, distances), and cost. Only columns some
     family has are shown."""
     headline = headline_keys(rows)
-    details = [k for k in METRIC_INFO if k not in headline and _present(rows, k)]
+    details = [k for k in aggregated(k for r in rows for k in r) if k not in headline and _present(rows, k)]
     tables = [_table("Leaderboard", headline, rows)]
     if details:
         tables.append(_table("Details", details, [r for r in rows if _is_family(r)]))

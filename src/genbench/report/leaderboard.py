@@ -30,69 +30,43 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from genbench.metrics.catalogue import CATALOGUE, EXTRA_COLUMNS, HEADLINE, Metric, aggregated, metric
 from genbench.registry import family_sort_key, find_family
 from genbench.report.collect import RunResult
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """How a result key is shown and compared. ``lower_is_better`` None: no better direction
-    (a count or a diagnostic)."""
-
-    title: str
-    lower_is_better: bool | None
-    style: str  # fid | sci | is | pct | bpd | nats | int | sig3 | seconds | load | rate
-    unit: str = ""
-    #: the values the measure can take: a t interval is clipped to them (with 2 seeds t = 12.7, and
-    #: "FID [-3, 150]" would be nonsense). KID's unbiased estimate can be negative: no bound.
-    bounds: tuple[float | None, float | None] = (0.0, None)
+#: how a result key is shown and compared: the metric catalogue's entry (genbench.metrics.catalogue)
+MetricInfo = Metric
 
 
-#: Every per-evaluation key the leaderboard aggregates over seeds (the agreed result keys).
-METRIC_INFO: dict[str, MetricInfo] = {
-    "fid": MetricInfo("FID", True, "fid"),
-    "kid_mean": MetricInfo("KID", True, "sci", bounds=(None, None)),
-    "is_mean": MetricInfo("IS", False, "is", bounds=(1.0, None)),
-    "precision": MetricInfo("precision", False, "pct", bounds=(0.0, 1.0)),
-    "recall": MetricInfo("recall", False, "pct", bounds=(0.0, 1.0)),
-    "bpd": MetricInfo("bpd", True, "bpd", "bits/dim"),
-    "bpd_se": MetricInfo("bpd s.e.", None, "bpd", "bits/dim"),
-    "bpd_elbo": MetricInfo("bpd (ELBO)", True, "bpd", "bits/dim"),
-    "bpd_iwae": MetricInfo("bpd (IWAE)", True, "bpd", "bits/dim"),
-    "bpd_vlb": MetricInfo("bpd (VLB)", True, "bpd", "bits/dim"),
-    "classes_covered": MetricInfo("classes covered", False, "int"),
-    "class_kl": MetricInfo("class KL", True, "nats", "nats"),
-    "memorised_frac": MetricInfo("memorised", True, "pct", bounds=(0.0, 1.0)),
-    "nn_train_median": MetricInfo("NN dist. to train", None, "sig3"),
-    "nn_heldout_median": MetricInfo("held-out NN dist.", None, "sig3"),
-}
-#: Keys that are not per-evaluation metrics but still need a format.
-OTHER_FORMATS: dict[str, str] = {
-    "cpu_seconds": "seconds",
-    "train_seconds": "seconds",
-    "load_avg": "load",
-    "cpu_count": "int",
-    "images_seen": "int",
-    "num_parameters": "int",
-    "num_samples": "int",
-    "num_classes": "int",
-    "likelihood_images": "int",
-    "iwae_k": "int",
-    "train_images_per_second": "rate",
-    "sample_images_per_second": "rate",
-}
+class _AggregatedMetrics(Mapping[str, Metric]):
+    """The per-evaluation metrics the leaderboard aggregates over seeds, read from the catalogue:
+    iteration gives the catalogue's, lookup also derives a family's ``bpd_<bound>`` entries."""
+
+    def __getitem__(self, key: str) -> Metric:
+        m = metric(key)
+        if m is None or not m.aggregate:
+            raise KeyError(key)
+        return m
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (m := metric(key)) is not None and m.aggregate
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(aggregated())
+
+    def __len__(self) -> int:
+        return len(aggregated())
+
+
+#: Every per-evaluation key the leaderboard aggregates over seeds (the catalogue's, and bounds).
+METRIC_INFO: Mapping[str, Metric] = _AggregatedMetrics()
 
 #: The headline metrics: (key, column title, lower is better). Plots and the short table use these.
-METRICS = [
-    (k, METRIC_INFO[k].title, bool(METRIC_INFO[k].lower_is_better))
-    for k in ("fid", "kid_mean", "is_mean", "precision", "recall")
-]
-#: The extra columns of the markdown table (shown when any row has them).
-EXTRA_COLUMNS = ["bpd", "classes_covered", "class_kl", "memorised_frac"]
+METRICS = [(k, CATALOGUE[k].title, bool(CATALOGUE[k].lower_is_better)) for k in HEADLINE]
 FLOOR_NAME = "real vs real (floor)"
 NO_LIKELIHOOD = "no likelihood"
 CONFIDENCE = 0.95
@@ -198,7 +172,7 @@ def _family_row(family: str, group: list[RunResult]) -> dict[str, Any]:
         "seeds": sorted(r.seed for r in ok if r.seed is not None),
         "errors": [f"seed {r.seed}: {r.error}" for r in group if r.status != "ok"],
     }
-    for key in METRIC_INFO:
+    for key in aggregated(k for r in ok for k in r.final):
         values = [_eval_value(r, key) for r in ok]
         if key not in {m[0] for m in METRICS} and not _finite(values):
             continue  # a key no run of this family has: left out, not a column of dashes
@@ -246,12 +220,12 @@ def _spread_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     row["by_family"] = {
         r["family"]: {
             k: {"range": r.get(f"{k}_range"), "cv": r.get(f"{k}_cv"), "n": r.get(f"{k}_n")}
-            for k in METRIC_INFO
+            for k in aggregated(r)
             if r.get(f"{k}_range") is not None
         }
         for r in multi
     }
-    for key in METRIC_INFO:
+    for key in aggregated(k for r in multi for k in r):
         parts = [f"{f} {format_value(key, v[key]['range'])}" for f, v in row["by_family"].items() if key in v]
         if parts:
             row[key] = " · ".join(parts)
@@ -282,9 +256,8 @@ def build_leaderboard(runs: list[RunResult], floor: dict[str, Any] | None = None
 
 
 def _style(key: str) -> str:
-    if key in METRIC_INFO:
-        return METRIC_INFO[key].style
-    return OTHER_FORMATS.get(key, "sig3")
+    m = metric(key)
+    return m.style if m is not None else "sig3"
 
 
 def _number(style: str, v: float) -> str:
@@ -348,7 +321,7 @@ def format_cell(row: dict[str, Any], key: str) -> str:
 
 def column_title(key: str) -> str:
     """A column header with its direction (↓ lower is better, ↑ higher) and unit."""
-    info = METRIC_INFO.get(key)
+    info = metric(key)
     if info is None:
         return key
     arrow = {True: " ↓", False: " ↑", None: ""}[info.lower_is_better]
@@ -410,7 +383,7 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Pa
         flat_row = {k: v for k, v in r.items() if not isinstance(v, dict | list)}
         for sampler, ips in (r.get("sampling_images_per_second") or {}).items():
             flat_row[f"sampling_images_per_second[{sampler}]"] = ips
-        for key in METRIC_INFO:
+        for key in aggregated(r):
             if r.get(f"{key}_ci"):
                 flat_row[f"{key}_ci_low"], flat_row[f"{key}_ci_high"] = r[f"{key}_ci"]
         flat_row["seeds"] = " ".join(map(str, r.get("seeds", [])))
