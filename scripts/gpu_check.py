@@ -58,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: the families this check measures by default (--families): those whose GPU figures
+#: docs/performance.md reports; any registered family can be named with --families
 FAMILIES = ("gan", "vae", "ddpm")
 
 #: seconds the whole check may take, counted from the wrapper's start (GPU_CHECK_T0, which includes
@@ -65,17 +67,13 @@ FAMILIES = ("gan", "vae", "ddpm")
 GPU_TIME_LIMIT_S = 480
 TINY_TIME_LIMIT_S = 480  # a fresh clone (cold caches, first compiles) on 2 cores needs more than a warm one
 
-#: the submodules compiled when the model config has no `compile` option: the networks, never the
-#: DDPM's EMA copy (it is only used for sampling) nor the VAE's scalar log_sigma
-COMPILE_TARGETS = {"gan": ("generator", "discriminator"), "vae": ("encoder", "decoder"), "ddpm": ("net",)}
-
 
 def tiny_model() -> dict[str, list[str]]:
     """Tiny networks per family for --tiny: the test suite's sizes (genbench.tiny), imported only in
     tiny mode so the GPU path never depends on it."""
     from genbench.tiny import TINY_OVERRIDES
 
-    return TINY_OVERRIDES
+    return {family: list(overrides) for family, overrides in TINY_OVERRIDES.items()}  # JSON-able
 
 
 #: quiet settings for the subprocess training runs (no progress bar or summary in the logs)
@@ -461,9 +459,11 @@ def measure_setting(
         if "model.compile=true" in extra:
             result["compile"] = "model option"
         else:
-            for name in COMPILE_TARGETS[family]:
+            # the networks an optimiser trains (never an EMA copy, only used for sampling)
+            targets = list(model.trained_networks())
+            for name in targets:
                 getattr(model, name).compile(backend=plan["compile_backend"])
-            result.update(compile="gpu_check", compiled_modules=list(COMPILE_TARGETS[family]))
+            result.update(compile="gpu_check", compiled_modules=targets)
         result["compile_backend"] = plan["compile_backend"] if result["compile"] == "gpu_check" else "model's"
 
     bs, n_unique = plan["batch_size"], plan["unique_batches"]

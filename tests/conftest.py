@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from genbench import CONFIG_DIR, PROJECT_ROOT
-from genbench.config import apply_family_settings
 from genbench.tiny import TINY_OVERRIDES
 
 
@@ -40,7 +39,6 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     """Compose conf/train.yaml as `genbench-train` would, pointing outputs at output_dir."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    apply_family_settings(cfg)  # as genbench-train does first (conf/family_settings/<model>.yaml)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)

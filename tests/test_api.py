@@ -67,7 +67,9 @@ def test_sample_takes_a_ddpm_sampler_by_name_and_refuses_one_for_a_gan(tmp_path:
     by_hand = sample_uint8(ddpm, 2, torch.Generator().manual_seed(3), sampler=DDIMSampler(steps=2))
     assert torch.equal(by_name, by_hand)
     with pytest.raises(GenbenchError, match="ancestral, ddim"):
-        api.sample(ddpm, 2, sampler="euler")
+        api.sample(ddpm, 2, sampler="no_such_sampler")  # the error lists the sampler configs
+    with pytest.raises(GenbenchError, match="cannot sample a diffusion model"):
+        api.sample(ddpm, 2, sampler="euler")  # a flow solver, refused by the model it does not fit
     gan = instantiate(api.compose(["data=synthetic", "model=gan", *TINY_OVERRIDES["gan"]], output_dir=tmp_path).model)
     with pytest.raises(GenbenchError, match="A gan has one way to sample"):
         api.sample(gan, 2, sampler="ddim")

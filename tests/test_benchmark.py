@@ -14,6 +14,9 @@ from conftest import run_cli
 from genbench.report.collect import find_runs
 from genbench.report.leaderboard import METRICS
 
+#: genbench's families, in display order: the benchmark's default
+FAMILIES = ["gan", "vae", "ddpm", "flow_matching"]
+
 
 @pytest.fixture(scope="module")
 def tiny_benchmark(tmp_path_factory) -> Path:
@@ -72,11 +75,11 @@ def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:
     grid = Image.open(out / "runs" / "gan" / "0" / "samples" / "final.png")
     assert Image.open(out / "grids" / "gan_samples.png").size == (2 * grid.width, 2 * grid.height)
     # and the other grids the runs hold: real images, the VAE's reconstructions, interpolations, closest pairs
-    for name in ("real", "vae_recon", "gan_interp", "vae_interp", "ddpm_interp", "ddpm_pairs"):
+    for name in ("real", "vae_recon", "gan_interp", "vae_interp", "ddpm_interp", "ddpm_pairs", "flow_matching_interp"):
         assert (out / "grids" / f"{name}.png").is_file(), name
     rows = json.loads((out / "leaderboard.json").read_text())
-    assert [r["family"] for r in rows] == ["gan", "vae", "ddpm", "real vs real (floor)"]
-    assert all(r["status"] == "ok" for r in rows[:3])
+    assert [r["family"] for r in rows] == [*FAMILIES, "real vs real (floor)"]  # every registered family
+    assert all(r["status"] == "ok" for r in rows[:4])
     ddpm = rows[2]
     assert {"ddim-4", "ddim-2", "ancestral-100"} <= set(ddpm["sampling_images_per_second"])  # <name>-<steps>
     with open(out / "leaderboard.csv") as f:
@@ -87,7 +90,7 @@ def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:
 
 def test_leaderboard_numbers_equal_the_runs_own_metrics(tiny_benchmark: Path) -> None:
     rows = {r["family"]: r for r in json.loads((tiny_benchmark / "leaderboard.json").read_text())}
-    for family in ("gan", "vae", "ddpm"):
+    for family in FAMILIES:
         run = tiny_benchmark / "runs" / family / "0"
         final = json.loads((run / "eval" / "final.json").read_text())
         budget = json.loads((run / "budget.json").read_text())
@@ -105,11 +108,11 @@ def test_leaderboard_numbers_equal_the_runs_own_metrics(tiny_benchmark: Path) ->
         assert [h["step"] for h in history] == sorted({h["step"] for h in history}), family
         assert history[-1]["images_seen"] == budget["images_seen"]
     floor = rows["real vs real (floor)"]
-    assert floor["fid"] < min(rows[f]["fid"] for f in ("gan", "vae", "ddpm"))
+    assert floor["fid"] < min(rows[f]["fid"] for f in FAMILIES)
 
 
 def test_compare_rebuilds_the_same_leaderboard(tiny_benchmark: Path, tmp_path: Path) -> None:
-    runs = [str(tiny_benchmark / "runs" / f) for f in ("gan", "vae", "ddpm")]
+    runs = [str(tiny_benchmark / "runs" / f) for f in FAMILIES]
     r = run_cli("genbench.compare", *runs, "--out", str(tmp_path / "cmp"))
     assert r.returncode == 0, r.stderr[-2000:]
     original = [row for row in json.loads((tiny_benchmark / "leaderboard.json").read_text()) if row["seeds"]]
@@ -118,7 +121,7 @@ def test_compare_rebuilds_the_same_leaderboard(tiny_benchmark: Path, tmp_path: P
     assert (tmp_path / "cmp" / "report.html").is_file()
     assert len(find_runs([runs[0]])) == 1
     # the benchmark's summary says `genbench-compare <out>/runs`: a directory of sweeps works too
-    assert sorted(r.family for r in find_runs([tiny_benchmark / "runs"])) == ["ddpm", "gan", "vae"]
+    assert sorted(r.family for r in find_runs([tiny_benchmark / "runs"])) == sorted(FAMILIES)
 
 
 def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from conftest import compose_train
 from genbench import CONFIG_DIR, PROJECT_ROOT
 from genbench.benchmark import training_command
 from genbench.models import read_checkpoint
+from genbench.registry import family_of_target
 from genbench.train import train
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -60,6 +61,13 @@ BENCHMARK_JOBS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "tiny:gan": ("gan", "SyntheticDataModule", {"model.generator.width": 8}),
     "tiny:vae": ("vae", "SyntheticDataModule", {"model.latent_dim": 8}),
     "tiny:ddpm": ("ddpm", "SyntheticDataModule", {"model.net.base_channels": 8}),
+    "cpu:flow_matching": ("flow_matching", "FashionMNISTDataModule", {"model.net.base_channels": 16}),
+    "tiny:flow_matching": ("flow_matching", "SyntheticDataModule", {"model.sample_batch_size": 200}),
+}
+#: the samplers each family's benchmark job times: (tiny, cpu); a family without samplers has "default"
+JOB_SAMPLERS = {
+    "ddpm": ({"ddim-4", "ddim-2", "ancestral-100"}, {"ddim-10", "ddim-5", "ddim-25"}),
+    "flow_matching": ({"euler-4", "heun-4", "dopri5-tol0.05"}, {"euler-10", "euler-5", "euler-25", "heun-10"}),
 }
 # Not run here besides the GPU presets: the sweep definition (hydra.mode=MULTIRUN over model x
 # seed: its jobs are plain `model=<family>` runs), and the protocols, which run as BENCHMARK_JOBS.
@@ -118,7 +126,7 @@ def _check_run(expected: tuple[str, str, dict[str, Any]], metrics: dict[str, Any
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert ckpt["genbench"]["family"] == family
     resolved = OmegaConf.load(run / "config_resolved.yaml")
-    assert resolved.model._target_ == f"genbench.models.{family.upper()}"
+    assert family_of_target(resolved.model._target_) == family
     assert resolved.data._target_ == f"genbench.data.{datamodule}"
     for key, value in preset_values.items():  # the preset itself was applied, not only the group defaults
         assert OmegaConf.select(resolved, key) == value, key
@@ -166,8 +174,8 @@ def test_synthetic_preset_runs(preset: str, preset_cache: Path, tmp_path: Path) 
     run = tmp_path / "run"
     metrics = _run(preset, preset_cache, run)
     _check_run(BENCHMARK_JOBS[preset], metrics, run)
-    samplers = {"ddim-4", "ddim-2", "ancestral-100"} if preset.endswith("ddpm") else {"default"}
-    _check_benchmark_run(preset, run, images=96, samplers=samplers)
+    family = preset.split(":")[1]
+    _check_benchmark_run(preset, run, images=96, samplers=JOB_SAMPLERS.get(family, ({"default"},))[0])
     if preset.endswith("ddpm"):  # the 100-step ancestral sampler is timed, not evaluated (timing_only)
         sampling = {s["sampler"]: s for s in json.loads((run / "sampling.json").read_text())}
         assert "metrics" not in sampling["ancestral-100"] and "eval/fid" in sampling["ddim-2"]["metrics"]
@@ -190,8 +198,8 @@ def test_fashion_mnist_preset_runs(preset: str, preset_cache: Path, tmp_path: Pa
     metrics = _run(preset, preset_cache, run)
     _check_run(FASHION_MNIST_RUNS[preset], metrics, run)
     if ":" in preset:
-        samplers = {"ddim-10", "ddim-5", "ddim-25"} if preset.endswith("ddpm") else {"default"}
-        _check_benchmark_run(preset, run, images=256, samplers=samplers)
+        family = preset.split(":")[1]
+        _check_benchmark_run(preset, run, images=256, samplers=JOB_SAMPLERS.get(family, (None, {"default"}))[1])
     else:
         assert metrics["global_step"] == 6  # debug=fast's max_steps (the GAN: 3 batches x 2 optimisers)
         assert (run / "samples" / "final.png").is_file()
@@ -202,7 +210,8 @@ def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Pat
     count is a whole number of batches, so the budget stops at exactly that many images."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         bench = compose(config_name="benchmark", overrides=["budget=cpu_images"])
-    expected = {"gan": 43776, "vae": 212608, "ddpm": 29952}
+    # the flow family shares the DDPM's UNet and batch, so its count is the DDPM's
+    expected = {"gan": 43776, "vae": 212608, "ddpm": 29952, "flow_matching": 29952}
     assert bench.budget.experiment == "benchmark/cpu" and list(bench.families) == list(expected)
     for family, images in expected.items():
         cfg = compose_train(job_overrides("cpu_images", family, tmp_path), tmp_path)

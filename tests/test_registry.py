@@ -27,12 +27,21 @@ from genbench.registry import (
 )
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "genbench"
-BUILTIN = ["gan", "vae", "ddpm"]
+BUILTIN = ["gan", "vae", "ddpm", "flow_matching"]
 
 #: a family's name as a whole word, any case, plurals and possessives included
-FAMILY_WORD = re.compile(r"\b(gan|vae|ddpm|gans|vaes|ddpms|dcgan)('s)?\b", re.IGNORECASE)
+FAMILY_WORD = re.compile(r"\b(gan|vae|ddpm|gans|vaes|ddpms|dcgan|flow_matching)('s)?\b", re.IGNORECASE)
 #: the families' own files, relative to src/genbench (folders end in "/")
-FAMILY_FILES = ("models/gan.py", "models/vae.py", "models/ddpm.py", "models/__init__.py", "nets/", "diffusion/")
+FAMILY_FILES = (
+    "models/gan.py",
+    "models/vae.py",
+    "models/ddpm.py",
+    "models/flow_matching.py",
+    "models/__init__.py",
+    "nets/",
+    "diffusion/",
+    "flow/",
+)
 
 
 def _is_family_file(rel: str) -> bool:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import genbench
 from genbench import CONFIG_DIR, GenbenchError, api
 from genbench.diffusion import PREDICTIONS, AncestralSampler, DDIMSampler, NoiseSchedule, Sampler, to_x0_eps
 
@@ -261,12 +262,12 @@ def test_samplers_by_name_come_from_the_config_files(tmp_path: Path, monkeypatch
     conf = tmp_path / "conf"
     shutil.copytree(CONFIG_DIR / "sampler", conf / "sampler")
     (conf / "sampler" / "ddim_noisy.yaml").write_text("_target_: genbench.diffusion.DDIMSampler\nsteps: 4\neta: 1.0\n")
-    monkeypatch.setattr(api, "CONFIG_DIR", conf)
+    monkeypatch.setattr(genbench, "CONFIG_DIR", conf)  # where genbench.registry.group_options looks
     assert "ddim_noisy" in api.sampler_names()
     noisy = api.build_sampler("ddim_noisy")
     assert noisy.steps == 4 and not noisy.deterministic
     with pytest.raises(GenbenchError, match="ancestral, ddim, ddim_noisy"):
-        api.build_sampler("euler")
+        api.build_sampler("no_such_sampler")
 
 
 # --- generic code reaches the DDPM only through the protocol --------------------------------------

@@ -27,7 +27,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench import CONFIG_DIR
-from genbench.config import apply_family_settings
 from genbench.errors import GenbenchError
 
 
@@ -87,8 +86,6 @@ def compose(
     from genbench.train import ensure_output_dir
 
     cfg = _compose(overrides, config_name)
-    if config_name == "train":
-        apply_family_settings(cfg)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(output_dir).absolute())

@@ -54,13 +54,12 @@ def check_families(cfg: DictConfig) -> None:
 
 def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]:
     """The ``genbench-train`` multirun of one family: the budget's protocol experiment (the same for
-    every family), ``model=<family>``, the family's own settings for this budget (the sections
-    ``budget.family_sections`` of ``conf/family_settings/<family>.yaml``), its tiny network sizes
+    every family), ``model=<family>``, the family's own settings for this budget
+    (``section=<budget.section>``: ``conf/family_settings/<family>/<section>.yaml``), its tiny network sizes
     where the budget asks for them, then the budget's and the user's overrides."""
     from genbench.registry import get_family
 
     spec = get_family(family)
-    sections = ",".join(str(s) for s in cfg.budget.get("family_sections") or [])
     cmd = [
         sys.executable,
         "-m",
@@ -68,7 +67,7 @@ def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]
         "-m",
         f"experiment={cfg.budget.experiment}",
         f"model={family}",
-        f"family_sections=[{sections}]",
+        f"section={cfg.budget.get('section') or 'none'}",
         "seed=" + ",".join(str(s) for s in cfg.seeds),
         f"hydra.sweep.dir={sweep_dir}",
         "print_config=false",

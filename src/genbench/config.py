@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genbench.cluster.resources import slurm_cpus_per_task, slurm_gpus_per_node, slurm_tasks_per_node
 from genbench.devices import gpu_precision
@@ -105,26 +105,6 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
         if isinstance(cause, GenbenchError):
             raise cause from None
         raise GenbenchError(f"Cannot build the {what} from its config: {cause}") from e
-
-
-def apply_family_settings(cfg: DictConfig) -> DictConfig:
-    """Merge the sections of the model's ``conf/family_settings/<model>.yaml`` that
-    ``family_sections`` names over ``cfg``, in order, and drop the settings node. This is how one
-    benchmark protocol serves every family: the protocol is the same experiment for all, and each
-    family's own needs for it (smaller networks, its samplers, its image budget) live in one file
-    per family. A named section the family does not have means it needs nothing special there.
-    Idempotent: a config it has seen has no settings node left."""
-    if "family_settings" not in cfg and "family_sections" not in cfg:
-        return cfg
-    sections = list(cfg.get("family_sections") or [])
-    settings = cfg.get("family_settings")
-    with open_dict(cfg):
-        cfg.pop("family_settings", None)
-        for name in sections:
-            part = settings.get(name) if settings is not None else None
-            if part is not None:
-                cfg.merge_with(part)
-    return cfg
 
 
 def print_config_tree(

@@ -200,7 +200,8 @@ def family_colour(name: str) -> str:
 
 def family_rules() -> tuple[Rule, ...]:
     """Every family's own config rules, for the schema."""
-    return tuple(rule for spec in families().values() for rule in spec.schema_rules)
+    # families built on the same network share its rules: each rule once, in registration order
+    return tuple(dict.fromkeys(rule for spec in families().values() for rule in spec.schema_rules))
 
 
 def config_searchpath() -> list[str]:

@@ -266,6 +266,17 @@ def all_rules() -> tuple[Rule, ...]:
     return RULES + family_rules()
 
 
+#: the keys of the UNet (genbench.nets.unet) under ``model.net``: every family built on it lists these
+#: in its ``FamilySpec.schema_rules``
+UNET_RULES: tuple[Rule, ...] = (
+    Rule("model.net.base_channels", integer(1), "32"),
+    Rule("model.net.channel_mults", int_list(1), "[1,2,2]"),
+    Rule("model.net.num_res_blocks", integer(1), "1"),
+    Rule("model.net.attn_resolutions", int_list(1, empty=True), "[8]"),
+    Rule("model.net.dropout", number(0, 1, hi_open=True), "0.1"),
+)
+
+
 def rule_for(key: str, rules: Sequence[Rule] | None = None) -> Rule | None:
     """The first rule whose pattern matches the dotted ``key`` (None: the key is not checked)."""
     return next((r for r in (all_rules() if rules is None else rules) if fnmatch.fnmatchcase(key, r.pattern)), None)
@@ -346,4 +357,4 @@ def validate_config(cfg: DictConfig, rules: Sequence[Rule] | None = None) -> Non
         raise GenbenchError(f"{what}: {'; '.join(found)}.")
 
 
-__all__ = ["RULES", "Rule", "all_rules", "Spec", "problems", "rule_for", "validate_config"]
+__all__ = ["RULES", "UNET_RULES", "Rule", "all_rules", "Spec", "problems", "rule_for", "validate_config"]

@@ -30,7 +30,7 @@ from genbench.checkpointing import (
 )
 from genbench.cluster import cluster_plugins
 from genbench.compat import install_ddp_child_command
-from genbench.config import apply_family_settings, build, print_config_tree
+from genbench.config import build, print_config_tree
 from genbench.devices import reduced_precision_warning
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
@@ -108,7 +108,6 @@ def finished_metrics(cfg: DictConfig, output_dir: Path, ckpt_path: str) -> dict[
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one model; returns the final callback metrics (also written to metrics.json)."""
-    apply_family_settings(cfg)
     validate_config(cfg)
     enforce_tags(cfg)
     from hydra.core.hydra_config import HydraConfig

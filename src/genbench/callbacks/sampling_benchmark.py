@@ -94,11 +94,13 @@ class SamplingBenchmark(pl.Callback):
                         sampler = pl_module.prepare_sampler(sampler)
                     # the model's own sampler is named by what it is (e.g. ddim-10); without samplers: "default"
                     used = sampler if sampler is not None else getattr(pl_module, "sampler", None)
+                    timing = time_sampling(pl_module, self.num_images, sampler)
+                    # read after sampling: an adaptive solver knows its steps and NFE only then
                     entry: dict[str, Any] = {
                         "sampler": used.label if used is not None else "default",
                         "steps": used.num_steps if used is not None else 1,
                         "nfe": used.nfe if used is not None else 1,  # network evaluations per image
-                        **time_sampling(pl_module, self.num_images, sampler),
+                        **timing,
                     }
                     if name == "default" and evaluation is not None and evaluation.last_result is not None:
                         entry["metrics"] = EvaluationCallback.scalars(evaluation.last_result)

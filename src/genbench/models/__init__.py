@@ -13,19 +13,21 @@ from typing import Any
 import torch
 
 from genbench import GenbenchError
-from genbench.models import ddpm, gan, vae
+from genbench.models import ddpm, flow_matching, gan, vae
 from genbench.models.base import GenerativeModel
 from genbench.models.ddpm import DDPM
+from genbench.models.flow_matching import FlowMatching
 from genbench.models.gan import GAN
 from genbench.models.vae import VAE
 from genbench.registry import families, family_of_target, register_family
 
-for _spec in (gan.SPEC, vae.SPEC, ddpm.SPEC):
+for _spec in (gan.SPEC, vae.SPEC, ddpm.SPEC, flow_matching.SPEC):
     register_family(_spec)
 
 __all__ = [
     "DDPM",
     "GAN",
+    "FlowMatching",
     "VAE",
     "GenerativeModel",
     "checkpoint_family",

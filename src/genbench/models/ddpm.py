@@ -22,7 +22,7 @@ from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_li
 from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
 from genbench.models.ema import EMA
 from genbench.registry import FamilySpec
-from genbench.schema import Rule, choice, int_list, integer, number
+from genbench.schema import UNET_RULES, Rule, choice, integer, number
 
 #: where DDPM checkpoints keep ``NoiseSchedule.config()``
 SCHEDULE_KEY = "genbench_schedule"
@@ -133,6 +133,12 @@ class DDPM(GenerativeModel):
 
         Callers (callbacks, the API) hand the DDPM unbound samplers built from conf/sampler and
         let it do this, so nothing generic needs to know that a schedule exists."""
+        if not isinstance(sampler, Sampler):
+            name = getattr(sampler, "name", type(sampler).__name__)
+            raise GenbenchError(
+                f"Sampler '{name}' cannot sample a diffusion model: it reads the network as a velocity field. "
+                "Use a diffusion sampler: sampler=ddim or sampler=ancestral."
+            )
         return sampler.bind(self.schedule)
 
     @property
@@ -252,14 +258,10 @@ SPEC = FamilySpec(
         "model.net.base_channels=8",
         "model.net.channel_mults=[1,2]",
         "model.schedule.timesteps=100",
-        "model.sampler.steps=5",
+        "model.sampler.steps=4",
     ),
     schema_rules=(
-        Rule("model.net.base_channels", integer(1), "32"),
-        Rule("model.net.channel_mults", int_list(1), "[1,2,2]"),
-        Rule("model.net.num_res_blocks", integer(1), "1"),
-        Rule("model.net.attn_resolutions", int_list(1, empty=True), "[8]"),
-        Rule("model.net.dropout", number(0, 1, hi_open=True), "0.1"),
+        *UNET_RULES,
         Rule("model.ema_decay", number(0, 1, hi_open=True), "0.999"),
         Rule("model.schedule.timesteps", integer(1), "1000"),
         Rule("model.schedule.kind", choice("linear", "cosine"), "linear"),

@@ -117,7 +117,7 @@ def _why_no_training_curve(runs: list[RunResult], x_key: str) -> str:
         )
     return (
         f"the evaluations carry no '{x_key}': it comes from the TrainingBudget callback, which the benchmark's "
-        "runs have. Run genbench-benchmark, or train with experiment=benchmark/cpu model=<family> family_sections=[cpu]."
+        "runs have. Run genbench-benchmark, or train with experiment=benchmark/cpu model=<family> section=cpu."
     )
 
 
@@ -132,7 +132,7 @@ def _why_no_sampler_plot(runs: list[RunResult], several: bool) -> str:
     return (
         f"{need}. The SamplingBenchmark callback of genbench-benchmark's runs writes it: run genbench-benchmark "
         "(a family with samplers is timed and scored with several), or train with experiment=benchmark/cpu "
-        "model=<family> family_sections=[cpu]."
+        "model=<family> section=cpu."
     )
 
 

@@ -1,7 +1,7 @@
 """Configs of families (and samplers) from other packages, on genbench's Hydra search path.
 
 A package that registers a family through the ``genbench.families`` entry point group ships its
-``model/<name>.yaml`` (and, for the benchmark, ``family_settings/<name>.yaml``) in a config package
+``model/<name>.yaml`` (and, for the benchmark, ``family_settings/<name>/<section>.yaml``) in a config package
 named by an entry point of the ``genbench.configs`` group (``my_package = "my_package.conf"``).
 Hydra asks every search-path plugin to extend the search path of every app; this one adds those
 packages only to genbench's own apps (the ones whose search path holds genbench's ``conf/``), so
