@@ -161,7 +161,8 @@ def test_help_lists_only_the_groups_that_apply(module: str) -> None:
     assert not (unwanted & listed), listed
     assert r.stdout.startswith("genbench-" + module.split(".")[1].replace("_", "-"))
     if module == "genbench.train":
-        assert "model: ddpm, gan, vae" in section and "hydra/launcher: basic (default), local, slurm" in section
+        assert "model: ddpm, flow_matching, gan, vae" in section
+        assert "hydra/launcher: basic (default), local, slurm" in section
 
 
 def test_debug_fast_draws_the_ddpm_grid_with_few_steps() -> None:
