@@ -139,3 +139,16 @@ def test_flow_family_trains_samples_and_decodes_deterministically(train_cfg, tmp
 
     with pytest.raises(GenbenchError, match="cannot sample a flow"):
         model.sample(2, sampler=DDIMSampler(steps=3))
+
+
+def test_flow_family_states_why_it_has_no_likelihood_yet(train_cfg) -> None:
+    """Not an implicit model: the report says the ODE likelihood is not computed, in the family's words."""
+    from hydra.utils import instantiate
+
+    from genbench.metrics.likelihood import evaluate_likelihood
+    from genbench.registry import get_family
+
+    model = instantiate(train_cfg("model=flow_matching").model)
+    result = evaluate_likelihood(model, torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
+    assert result == {"likelihood": get_family("flow_matching").likelihood_note}
+    assert "implicit" not in result["likelihood"] and result["likelihood"].startswith("none (")

@@ -30,7 +30,7 @@ import torch
 
 from genbench import GenbenchError
 from genbench.distributions import LikelihoodConfig, nats_to_bits_per_dim
-from genbench.registry import IMPLICIT
+from genbench.registry import IMPLICIT, find_family
 
 #: what a model without a likelihood reports (an implicit model)
 NO_LIKELIHOOD = IMPLICIT
@@ -72,7 +72,8 @@ def evaluate_likelihood(
     describe = getattr(model, "likelihood_description", None)
     bounds_of = getattr(model, "likelihood_bounds", None)
     if describe is None or bounds_of is None:
-        return {"likelihood": NO_LIKELIHOOD}
+        spec = find_family(getattr(model, "family", None))  # why it has none, in its own words
+        return {"likelihood": spec.likelihood_note if spec is not None else NO_LIKELIHOOD}
     description = describe(cfg)
     if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.ndim != 4:
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
