@@ -21,18 +21,14 @@ from torch import nn
 
 from genbench.errors import GenbenchError
 from genbench.flow import CondOTPath, EulerSolver, ODESolver, TimeSampler
-from genbench.models.base import GenerativeModel, OptimizerFactory, SchedulerFactory
-from genbench.models.ema import EMA
+from genbench.models.base import OptimizerFactory, SchedulerFactory
+from genbench.models.ema_regression import EMARegressionModel
 from genbench.registry import FamilySpec
 from genbench.schema import UNET_RULES, Rule, choice, number
 
 
-class FlowMatching(GenerativeModel):
+class FlowMatching(EMARegressionModel):
     family = "flow_matching"
-    default_monitor = "val/loss_ema"
-    supports_samplers = True
-    # the same UNet as the diffusion family: channels_last won there on a GPU (docs/performance.md)
-    channels_last_auto_on_gpu = True
 
     def __init__(
         self,
@@ -51,19 +47,14 @@ class FlowMatching(GenerativeModel):
         channels_last: bool | str = False,
         compile: bool | dict[str, Any] | None = False,  # the config key model.compile
     ) -> None:
-        super().__init__(channels, image_size, sample_batch_size, channels_last, compile)
+        super().__init__(
+            net, optimizer, scheduler, ema_decay, channels, image_size, sample_batch_size, channels_last, compile
+        )
         self.save_hyperparameters(ignore=["net", "sampler", "optimizer", "scheduler"])
-        self.net = net
         self.path = CondOTPath()
         self.time_sampler = TimeSampler(time_sampling, logit_mean, logit_std)
         self.time_scale = float(time_scale)
         self.sampler = self.prepare_sampler(sampler)
-        self.ema = EMA(net, decay=ema_decay)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-
-    def configure_optimizers(self) -> Any:
-        return self.build_optimizer(self.optimizer_factory, self.scheduler_factory, self.net.parameters())
 
     def velocity(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v(x, t) for times ``t`` in [0, 1] (one per image)."""
@@ -76,24 +67,7 @@ class FlowMatching(GenerativeModel):
         x_t, target = self.path.sample(x1, x0, t)
         return F.mse_loss(self.velocity(net, x_t, t), target)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        loss = self.flow_loss(self.net, batch[0])
-        if self.logs_this_step():  # self.log costs ~1 ms per value: only on the steps loggers write
-            self.log("train/loss", loss, prog_bar=True)
-        return {"loss": loss}
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The EMA follows every optimizer step at once (as the diffusion family's does)."""
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update(self.net)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        # the same (t, x0) for a given batch every epoch, so the validation curves are not noise
-        losses = {}
-        for name, net in (("val/loss", self.net), ("val/loss_ema", self.ema.shadow)):
-            g = torch.Generator(device="cpu").manual_seed(batch_idx)
-            losses[name] = self.flow_loss(net, batch[0], generator=g)
-        self.log_dict(losses, sync_dist=True)
+    regression_loss = flow_loss
 
     def prepare_sampler(self, sampler: Any) -> ODESolver:
         """``sampler`` checked to be an ODE solver of a velocity field (a diffusion sampler would
