@@ -369,7 +369,7 @@ def _figures(runs: list[RunResult], out_dir: Path) -> list[dict[str, Any]]:
             lambda: _why_no_training_curve(runs, "images_seen"),
         ),
         (
-            "Quality against sampling steps",
+            "Quality against network evaluations (NFE)",
             quality_vs_steps(runs, out_dir / "quality_vs_steps.png"),
             lambda: _why_no_sampler_plot(runs, several=True),
         ),

@@ -106,6 +106,7 @@ def metrics_during_training(
 
 
 def _sampler_points(runs: list[RunResult]) -> list[tuple[str, str, int, float, dict]]:
+    """(family, sampler label, network evaluations per sample, images/s, metrics) of every timed sampler."""
     out = []
     for run in runs:
         if run.status != "ok":
@@ -115,7 +116,7 @@ def _sampler_points(runs: list[RunResult]) -> list[tuple[str, str, int, float, d
                 (
                     run.family,
                     s["sampler"],
-                    int(s.get("steps") or 1),
+                    int(s.get("nfe") or s.get("steps") or 1),  # network evaluations: the cost
                     float(s["images_per_second"]),
                     s.get("metrics") or {},
                 )
@@ -139,8 +140,10 @@ def _save_log_x(fig, ax, path: Path, x_label: str, metric: str, title: str) -> P
 
 
 def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid") -> Path | None:
-    """Quality of the families that have several samplers (e.g. a diffusion model) against
-    sampling steps."""
+    """Quality of the families that have several samplers (diffusion, flow) against network
+    evaluations per sample (NFE: what sampling costs, comparable between a 1-evaluation and a
+    2-evaluation step), one curve per family and sampler kind; a star marks each family's
+    recommended sampler (the fastest within the sampling noise of its best, ``sampling.json``)."""
     points = [p for p in _sampler_points(runs) if metric in p[4]]
     families = {p[0] for p in points if sum(q[0] == p[0] for q in points) > 1}
     if not families:
@@ -158,10 +161,18 @@ def quality_vs_steps(runs: list[RunResult], path: Path, metric: str = "eval/fid"
                 [p[1] for p in pts],
                 marker="o",
                 color=family_colour(family),
-                linestyle="-" if kind == "ddim" else "none",
+                linestyle="-" if len(pts) > 1 else "none",
                 label=f"{family} {kind}",
             )
-    return _save_log_x(fig, ax, path, "sampling steps", metric, "Quality against sampling steps")
+    for run in runs:
+        for s in run.sampling if run.status == "ok" and run.family in families else ():
+            if s.get("recommended") and metric in (s.get("metrics") or {}):
+                nfe = int(s.get("nfe") or s.get("steps") or 1)
+                ax.plot([nfe], [s["metrics"][metric]], marker="*", markersize=14, color=family_colour(run.family),
+                        linestyle="none")  # fmt: skip
+    return _save_log_x(
+        fig, ax, path, "network evaluations per sample (NFE)", metric, "Quality against sampling cost (NFE)"
+    )
 
 
 def quality_vs_cost(runs: list[RunResult], path: Path, metric: str = "eval/fid") -> Path | None:
