@@ -27,13 +27,14 @@ HALF_BIN = 1.0 / (LEVELS - 1)
 @dataclass(frozen=True)
 class LikelihoodConfig:
     """The ``likelihood`` options of an evaluation. Each family reads the options of its bounds:
-    ``iwae_k`` an importance-weighted bound, ``timesteps`` a diffusion bound (>= the schedule's T
+    ``iwae_k`` an importance-weighted bound, ``timesteps`` a flow's ODE bound (its Heun steps) or a
+    diffusion bound (>= the schedule's T
     evaluates every timestep: an exact sum over t, only the q(x_t|x_0) noise is random)."""
 
     enabled: bool = True
     num_images: int = 500  # test images used (a fixed, seeded subset)
     iwae_k: int = 100  # importance samples of an IWAE bound
-    timesteps: int = 50  # diffusion bound: Monte-Carlo timesteps per image (t uniform, without replacement)
+    timesteps: int = 50  # diffusion: Monte-Carlo timesteps per image; flow: the ODE's Heun steps
     batch_size: int = 100
 
     def __post_init__(self) -> None:

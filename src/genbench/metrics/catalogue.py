@@ -107,7 +107,7 @@ HEADLINE: tuple[str, ...] = (FID, KID, IS, PRECISION, RECALL)
 EXTRA_COLUMNS: tuple[str, ...] = (BPD, CLASSES_COVERED, CLASS_KL, MEMORISED)
 
 #: well-known bound names and how tables title them (any other bound: "bpd (<name>)")
-_BOUND_TITLES = {"elbo": "ELBO", "iwae": "IWAE", "vlb": "VLB"}
+_BOUND_TITLES = {"elbo": "ELBO", "iwae": "IWAE", "vlb": "VLB", "ode": "ODE"}
 
 
 def metric(name: str) -> Metric | None:
