@@ -139,7 +139,9 @@ def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> Non
         "+family_overrides.ddpm=['model.no_such_option=1']",  # breaks while composing the config
         timeout=900,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the report is written, and the exit status says that not every family finished
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "2 of 3 run(s) did not finish: vae seed 0 (failed), ddpm (failed)" in r.stderr, r.stderr[-2000:]
     rows = {row["family"]: row for row in json.loads((out / "leaderboard.json").read_text())}
     assert rows["gan"]["status"] == "ok" and rows["gan"]["fid"] is not None
     assert rows["vae"]["status"] == "failed" and "image size" in rows["vae"]["errors"][0]
@@ -151,3 +153,7 @@ def test_failed_families_are_reported_and_the_others_kept(tmp_path: Path) -> Non
     report_runs = list((out / "wandb").glob("offline-run-*"))
     assert len(report_runs) == 1 and list(report_runs[0].glob("run-*.wandb"))
     assert list((out / "runs" / "gan" / "0" / "wandb").glob("offline-run-*"))
+    # genbench-compare of the same runs: its report too, then status 1 with the same line
+    r = run_cli("genbench.compare", str(out / "runs"), "--out", str(tmp_path / "cmp"))
+    assert r.returncode == 1 and (tmp_path / "cmp" / "report.html").is_file(), r.stderr[-2000:]
+    assert "genbench-compare: 2 of 3 run(s) did not finish" in r.stderr

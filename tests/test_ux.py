@@ -238,7 +238,7 @@ def test_benchmark_logs_each_family_and_ends_with_a_summary(tmp_path: Path) -> N
         "+family_overrides.vae=['data.image_size=20']",  # refused while building: impossible size
         "+family_overrides.ddpm=['model.no_such_option=1']",  # refused while composing
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]  # both failed: reported, then status 1
     text = (out / "benchmark.log").read_text()
     assert re.search(r"\[1/2\] vae: training 1 seed\(s\) \(elapsed \d+ s; job output: .*launcher\.log\)", text), text
     assert re.search(r"\[1/2\] vae: FAILED \(0 job\(s\) done, 1 failed, exit status 0\) in \d+ s; elapsed", text), text

@@ -29,7 +29,7 @@ from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
 from genbench.loggers import wandb_mode
 from genbench.report.build import hints_text, write_report
-from genbench.report.collect import find_runs
+from genbench.report.collect import failed_runs_line, find_runs
 from genbench.report.floor import real_floor
 from genbench.rundir import FAILED, METRICS, write_failure
 from genbench.summary import print_summary, setup_run_logging
@@ -189,6 +189,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         wandb_run.finish()
     print(report["paths"]["md"].read_text())
     print(hints_text(report["hints"]), end="")
+    report["failed"] = failed_runs_line(runs) or (
+        None if all(code == 0 for code in status.values()) else f"a training sweep exited with status {status}"
+    )
     families = {}
     for family in cfg.families:
         ok, failed = job_counts(out_dir / "runs" / family)
@@ -213,7 +216,10 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         if cfg.get("print_config"):
             print_config_tree(cfg, order=("budget", "families", "seeds", "launcher"))
-        run_benchmark(cfg)
+        report = run_benchmark(cfg)
+    if report.get("failed"):  # the report is written; the exit status says not every family finished
+        print(f"genbench-benchmark: {report['failed']}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 from genbench.errors import user_errors
 from genbench.report.build import hints_text, write_report
-from genbench.report.collect import find_runs
+from genbench.report.collect import failed_runs_line, find_runs
 from genbench.report.floor import floor_protocol, real_floor
 from genbench.summary import print_summary
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
                 "report (markdown)": report["paths"]["md"],
             },
         )
+    if failed := failed_runs_line(runs):  # the report is written; the exit status says some runs failed
+        print(f"genbench-compare: {failed}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

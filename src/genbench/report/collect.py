@@ -201,3 +201,16 @@ def _run_dirs_below(root: Path, depth: int) -> list[Path]:
         elif depth > 1:
             found += _run_dirs_below(child, depth - 1)
     return found
+
+
+def failed_runs_line(runs: list[RunResult]) -> str | None:
+    """One line naming the runs that did not finish (failed or incomplete), or None when all did:
+    what ``genbench-benchmark`` and ``genbench-compare`` print before exiting with status 1."""
+    bad = [r for r in runs if r.status != "ok"]
+    if not bad:
+        return None
+    names = ", ".join(f"{r.family}{'' if r.seed is None else f' seed {r.seed}'} ({r.status})" for r in bad)
+    return (
+        f"{len(bad)} of {len(runs)} run(s) did not finish: {names}. The report shows each one's error; "
+        "its failed.json or train.log says more."
+    )
