@@ -81,6 +81,26 @@ def run_cli(
     )
 
 
+def run_tiny_benchmark(
+    out: Path, cache: Path, *overrides: str, env: dict[str, str] | None = None, timeout: int = 1200
+) -> Path:
+    """`genbench-benchmark budget=tiny` into ``out`` with its own cache (the benchmark's and its
+    training jobs'), asserting it succeeded; returns ``out``."""
+    r = run_cli(
+        "genbench.benchmark",
+        "budget=tiny",
+        "print_config=false",
+        f"hydra.run.dir={out}",
+        f"paths.cache_dir={cache}",
+        f'train_overrides=["paths.cache_dir={cache}"]',
+        *overrides,
+        env=env,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return out
+
+
 # Quiet, fast settings for subprocess sweeps (no progress bar, summary or sample grids).
 QUIET = [
     "data=synthetic",

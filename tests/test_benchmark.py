@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_tiny_benchmark
 from genbench.report.collect import find_runs
 from genbench.report.leaderboard import METRICS
 
@@ -20,19 +20,7 @@ FAMILIES = ["gan", "vae", "ddpm", "flow_matching"]
 
 @pytest.fixture(scope="module")
 def tiny_benchmark(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "report"
-    cache = tmp_path_factory.mktemp("cache")
-    r = run_cli(
-        "genbench.benchmark",
-        "budget=tiny",
-        "print_config=false",
-        f"hydra.run.dir={out}",
-        f"paths.cache_dir={cache}",
-        f'train_overrides=["paths.cache_dir={cache}"]',
-        timeout=1200,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return out
+    return run_tiny_benchmark(tmp_path_factory.mktemp("bench") / "report", tmp_path_factory.mktemp("cache"))
 
 
 def test_benchmark_writes_every_artifact(tiny_benchmark: Path) -> None:

@@ -112,3 +112,19 @@ def test_gpu_trainer_trains_in_fp32_and_the_large_cifar10_ddpm_in_reduced_precis
     cifar = compose_train(["experiment=cifar10_ddpm"], tmp_path)
     assert cifar.trainer.accelerator == "gpu" and cifar.trainer.precision == gpu_precision()
     assert gpu_precision() in ("bf16-mixed", "16-mixed")
+
+
+def test_family_settings_apply_by_section_and_the_command_line_wins(tmp_path) -> None:
+    """section=<budget> merges conf/family_settings/<model>/<section>.yaml over the protocol; a
+    command-line value still overrides it; a family without that file runs the protocol as it is."""
+    base = ["experiment=benchmark/cpu", "section=cpu_images"]
+    ddpm = compose_train([*base, "model=ddpm"], tmp_path)
+    assert ddpm.data.batch_size == 64 and ddpm.model.net.base_channels == 16  # cpu.yaml, via cpu_images.yaml
+    assert ddpm.callbacks.budget.max_images == 29952
+    assert compose_train([*base, "model=ddpm", "data.batch_size=32"], tmp_path).data.batch_size == 32
+    gan = compose_train([*base, "model=gan"], tmp_path)
+    assert gan.data.batch_size == 128 and gan.callbacks.budget.max_images == 43776  # the protocol's batch
+    assert (
+        compose_train(["experiment=benchmark/cpu", "section=cpu", "model=gan"], tmp_path).callbacks.budget.max_images
+        is None
+    )

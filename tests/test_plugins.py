@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, TINY_EVAL, run_cli, tiny
+from conftest import QUIET, TINY_EVAL, run_cli, run_tiny_benchmark, tiny
 from genbench import CONFIG_DIR, PROJECT_ROOT
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -129,21 +129,8 @@ def test_eval_without_the_plugin_says_the_family_is_unknown(toy_run: Path) -> No
 @pytest.fixture(scope="module")
 def toy_benchmark(tmp_path_factory) -> Path:
     """genbench-benchmark budget=tiny families=[gan,gaussian] wandb=true."""
-    out = tmp_path_factory.mktemp("toybench") / "report"
-    cache = tmp_path_factory.mktemp("cache")
-    r = run_with_plugin(
-        "genbench.benchmark",
-        "budget=tiny",
-        f"families=[gan,{TOY}]",
-        "print_config=false",
-        "wandb=true",
-        f"hydra.run.dir={out}",
-        f"paths.cache_dir={cache}",
-        f'train_overrides=["paths.cache_dir={cache}"]',
-        timeout=1200,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return out
+    out, cache = tmp_path_factory.mktemp("toybench") / "report", tmp_path_factory.mktemp("cache")
+    return run_tiny_benchmark(out, cache, f"families=[gan,{TOY}]", "wandb=true", env=plugin_env())
 
 
 def test_benchmark_puts_the_plugin_family_on_the_leaderboard(toy_benchmark: Path) -> None:
@@ -235,18 +222,14 @@ def test_api_samples_with_the_plugin_sampler_by_name(ddpm_run: Path, monkeypatch
 def test_benchmark_times_and_scores_the_plugin_sampler(tmp_path: Path) -> None:
     out, cache = tmp_path / "report", tmp_path / "cache"
     sampler = "{_target_: genbench_toy.samplers.QuadraticDDIMSampler, steps: 3}"
-    r = run_with_plugin(
-        "genbench.benchmark",
-        "budget=tiny",
+    run_tiny_benchmark(
+        out,
+        cache,
         "families=[ddpm]",
-        "print_config=false",
         "floor=false",
-        f"hydra.run.dir={out}",
-        f'train_overrides=["paths.cache_dir={cache}"]',
         f"+family_overrides.ddpm=['+callbacks.sampling.samplers.quad={sampler}']",
-        timeout=900,
+        env=plugin_env(),
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     sampling = {s["sampler"]: s for s in json.loads((out / "runs" / "ddpm" / "0" / "sampling.json").read_text())}
     assert sampling["ddim_quad-3"]["nfe"] == 3 and "eval/fid" in sampling["ddim_quad-3"]["metrics"]
     (row,) = json.loads((out / "leaderboard.json").read_text())

@@ -17,12 +17,11 @@ So a user's own package adds a family without editing genbench (README: "Add you
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
 from importlib.resources.abc import Traversable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from genbench.errors import GenbenchError
 
@@ -240,11 +239,6 @@ def group_options(group: str) -> dict[str, Traversable]:
     return dict(sorted(options.items()))
 
 
-def select(predicate: Callable[[FamilySpec], Any]) -> list[str]:
-    """Names of the families for which ``predicate(spec)`` is true, in display order."""
-    return [name for name, spec in families().items() if predicate(spec)]
-
-
 __all__ = [
     "CONFIG_GROUP",
     "FAMILY_GROUP",
@@ -261,5 +255,4 @@ __all__ = [
     "get_family",
     "group_options",
     "register_family",
-    "select",
 ]

@@ -180,12 +180,8 @@ class AdaptiveSolver(ODESolver):
                     "tolerance (sampler.rtol) or raise sampler.max_steps."
                 )
             h = min(h, 1.0 - t)
-            ks = [k1]
-            for i in range(1, 7):
-                xi = x + h * sum(a * k for a, k in zip(_A[i], ks, strict=False) if a)
-                ks.append(self._call(velocity_fn, xi, t + _C[i] * h))
+            x_new, ks = self._stages(velocity_fn, x, t, h, k1, fsal=True)
             nfe += 6
-            x_new = xi  # stage 7 is evaluated at the 5th-order solution (FSAL)
             err = h * sum((b - bl) * k for b, bl, k in zip(_B, _B_LOW, ks, strict=True) if b != bl)
             scale = self.atol + self.rtol * torch.maximum(x.abs(), x_new.abs())
             ratio = float((err / scale).pow(2).mean().sqrt())
@@ -195,11 +191,20 @@ class AdaptiveSolver(ODESolver):
         self._nfe, self._steps = nfe, accepted
         return x
 
-    def step(self, velocity_fn, x, t, dt):  # noqa: D102
-        """One Dormand-Prince step of size ``dt`` without error control."""
-        ks = [self._call(velocity_fn, x, t)]
+    def _stages(
+        self, velocity_fn: VelocityFn, x: torch.Tensor, t: float, h: float, k1: torch.Tensor, fsal: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The 5th-order solution of one step of size ``h`` and the stage velocities k1..k6, plus
+        k7 at that solution when ``fsal`` (the error estimate needs it, and it is the next k1)."""
+        ks = [k1]
         for i in range(1, 7):
-            xi = x + dt * sum(a * k for a, k in zip(_A[i], ks, strict=False) if a)
-            if i < 6:
-                ks.append(self._call(velocity_fn, xi, t + _C[i] * dt))
-        return xi, x + (1 - t) * ks[0]
+            xi = x + h * sum(a * k for a, k in zip(_A[i], ks, strict=False) if a)
+            if i < 6 or fsal:
+                ks.append(self._call(velocity_fn, xi, t + _C[i] * h))
+        return xi, ks  # the last stage's point is the 5th-order solution (its weights are _B)
+
+    def step(self, velocity_fn, x, t, dt):  # noqa: D102
+        """One Dormand-Prince step of size ``dt`` without error control (6 evaluations)."""
+        k1 = self._call(velocity_fn, x, t)
+        x_new, _ = self._stages(velocity_fn, x, t, dt, k1, fsal=False)
+        return x_new, x + (1 - t) * k1
