@@ -204,7 +204,7 @@ def test_flow_family_reports_its_ode_bound_in_bits_per_dim(train_cfg) -> None:
 
     model = instantiate(train_cfg("model=flow_matching").model)
     images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
-    result = evaluate_likelihood(model, images, {"num_images": 8, "timesteps": 2, "batch_size": 8})
+    result = evaluate_likelihood(model, images, {"num_images": 8, "ode_steps": 2, "batch_size": 8})
     assert result["likelihood"].startswith("dequantised ODE bound") and "Heun 2 steps" in result["likelihood"]
     assert result["bpd"] == result["bpd_ode"] and math.isfinite(result["bpd"]) and result["bpd"] > 0
     assert result["likelihood_images"] == 8

@@ -27,23 +27,27 @@ HALF_BIN = 1.0 / (LEVELS - 1)
 @dataclass(frozen=True)
 class LikelihoodConfig:
     """The ``likelihood`` options of an evaluation. Each family reads the options of its bounds:
-    ``iwae_k`` an importance-weighted bound, ``timesteps`` a flow's ODE bound (its Heun steps) or a
-    diffusion bound (>= the schedule's T
-    evaluates every timestep: an exact sum over t, only the q(x_t|x_0) noise is random)."""
+    ``iwae_k`` an importance-weighted bound, ``timesteps`` a diffusion bound (>= the schedule's T
+    evaluates every timestep: an exact sum over t, only the q(x_t|x_0) noise is random),
+    ``ode_steps`` a bound through a probability-flow ODE (its Heun steps), and ``ode`` whether a
+    family that has one beside its own bound (a diffusion model) computes it too."""
 
     enabled: bool = True
     num_images: int = 500  # test images used (a fixed, seeded subset)
     iwae_k: int = 100  # importance samples of an IWAE bound
-    timesteps: int = 50  # diffusion: Monte-Carlo timesteps per image; flow: the ODE's Heun steps
+    timesteps: int = 50  # diffusion: Monte-Carlo timesteps per image
+    ode_steps: int = 50  # probability-flow ODE bounds: Heun steps
+    ode: bool = False  # also the ODE bound where it is a second bound (a diffusion model's): costly
     batch_size: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("num_images", "iwae_k", "timesteps", "batch_size"):
+        for name in ("num_images", "iwae_k", "timesteps", "ode_steps", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GenbenchError(f"likelihood.{name}={value!r}: it must be a whole number >= 1.")
-        if not isinstance(self.enabled, bool):
-            raise GenbenchError(f"likelihood.enabled={self.enabled!r}: use true or false.")
+        for name in ("enabled", "ode"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenbenchError(f"likelihood.{name}={getattr(self, name)!r}: use true or false.")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> LikelihoodConfig:

@@ -13,6 +13,7 @@ The protocol generic code may rely on (the callbacks and the API use nothing els
 ``(x_prev, x0_pred)`` like diffusers' schedulers (``prev_sample``, ``pred_original_sample``).
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -68,9 +69,10 @@ class Sampler:
 
     @property
     def label(self) -> str:
-        """A short name for tables and metric records, e.g. ``ddim-50`` or ``ancestral-1000``: the
-        number of steps is what sets both the cost and the quality, so it is part of the name."""
-        return f"{self.name}-{self.num_steps}"
+        """A short name for tables and metric records, e.g. ``ddim-50`` or ``edm_heun-35``: the
+        network evaluations are what set both the cost and the quality, so they are part of the name
+        (for a one-evaluation step, the number of steps)."""
+        return f"{self.name}-{self.nfe}"
 
     def describe(self) -> dict[str, Any]:
         """What drew the samples, recorded with the metrics; subclasses add their own settings."""
@@ -105,7 +107,9 @@ class Sampler:
             task = bar.add_task(f"{self.name} sampling", total=len(ts))
             for i, t in enumerate(ts):
                 check_stop()  # a SIGTERM takes effect within one network evaluation
-                tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+                # whole timesteps as integers; solvers between noise levels visit fractional ones
+                dtype = torch.long if isinstance(t, int) else x.dtype
+                tt = torch.full((x.shape[0],), t, device=x.device, dtype=dtype)
                 x, _ = self.step(i, model_fn(x, tt), x, tt, generator, prediction)
                 bar.advance(task)
         return x.clamp(-1, 1)
@@ -241,3 +245,217 @@ class DDIMSampler(Sampler):
         if self.eta > 0:
             x_prev = x_prev + c["sigma"] * randn(x.shape, generator, device=x.device, dtype=x.dtype)
         return x_prev, x0
+
+
+#: how a few-step solver spreads its timesteps over [0, T-1], as diffusers names the choices
+#: (Lin et al., 2024, table 2): "linspace" and "trailing" start at T-1, "leading" at a lower t
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def _check_spacing(spacing: str) -> str:
+    if spacing not in SPACINGS:
+        raise GenbenchError(f"Unknown timestep spacing '{spacing}': use sampler.spacing=linspace, leading or trailing.")
+    return spacing
+
+
+def _check_steps(name: str, steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise GenbenchError(f"The {name} sampler needs sampler.steps >= 1, got {steps!r}.")
+    return steps
+
+
+class DPMSolverSampler(Sampler):
+    """DPM-Solver++ (Lu et al., 2022), multistep, order 1 or 2 ("2M"): the probability-flow ODE
+    solved in log-SNR time lambda = log(alpha / sigma) with the network read as an x_0 predictor.
+    The exact linear part of the ODE is integrated in closed form and the x_0 term extrapolated
+    linearly from the last two steps, so each step costs one network evaluation.
+
+    Matches diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+    solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True)`` step for step
+    (``tests/test_samplers.py``): the same ``spacing`` of ``steps`` integer timesteps, a first-order
+    first step, and a last step to noise level 0 (its x_0 prediction). ``clip_x0`` clamps every
+    x_0 prediction to [-1, 1] (diffusers' ``thresholding`` with ``sample_max_value=1``), as DDIM
+    here does. Coefficients in float64, cast once per call.
+    """
+
+    name = "dpmpp_2m"
+    deterministic = True
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule | None = None,
+        steps: int = 10,
+        order: int = 2,
+        spacing: str = "leading",
+        clip_x0: bool = True,
+    ) -> None:
+        super().__init__(schedule)
+        self.steps = _check_steps(self.name, steps)
+        if order not in (1, 2):
+            raise GenbenchError(f"DPM-Solver++ is implemented for sampler.order=1 or 2, got {order!r}.")
+        self.order = order
+        self.spacing = _check_spacing(spacing)
+        self.clip_x0 = bool(clip_x0)
+        self._coefs: dict[str, torch.Tensor] = {}
+        self._prev_x0: torch.Tensor | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "order": self.order, "spacing": self.spacing, "clip_x0": self.clip_x0}
+
+    def timesteps(self) -> list[int]:
+        """``steps`` integer timesteps, descending, as diffusers' ``set_timesteps`` spaces them."""
+        T, n = self._require_schedule().timesteps, self.steps
+        if self.spacing == "linspace":
+            ts = torch.linspace(0, T - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
+        elif self.spacing == "leading":
+            ts = (torch.arange(n + 1, dtype=torch.float64) * (T // (n + 1))).flip(0)[:-1]
+        else:
+            ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        ts = [int(v) for v in ts.tolist()]
+        if len(set(ts)) != len(ts) or len(ts) != n:
+            raise GenbenchError(
+                f"{n} {self.spacing}-spaced steps do not fit the schedule's T={T} (timesteps repeat): "
+                "use fewer sampler.steps or another sampler.spacing."
+            )
+        return ts
+
+    def prepare(self, timesteps: list[int], dtype: torch.dtype, device: torch.device) -> None:  # noqa: D102
+        sigma = self._require_schedule().sigmas_float64[torch.tensor(timesteps)]
+        sigma = torch.cat([sigma, torch.zeros(1, dtype=torch.float64)])  # the last step lands on x_0
+        alpha = 1 / (1 + sigma**2).sqrt()
+        sig = sigma * alpha  # the VP noise scale sqrt(1 - abar)
+        lam = alpha.log() - sig.log()  # +inf at the end: exp(-h) = 0 there
+        self._coefs = {
+            "alpha": alpha.to(device=device, dtype=dtype),
+            "sigma": sig.to(device=device, dtype=dtype),
+            "lambda": lam,  # float64, read per step as Python floats
+        }
+        self._prev_x0 = None
+
+    def step(self, i, output, x, t, generator, prediction="eps"):  # noqa: D102
+        a, s, lam = self._coefs["alpha"], self._coefs["sigma"], self._coefs["lambda"]
+        x0, _ = to_x0_eps(x, output, prediction, a[i], s[i])
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+        prev, self._prev_x0 = self._prev_x0, x0
+        if i == len(a) - 2:  # the last step goes to noise level 0: the sample is its x_0 prediction
+            return x0, x0
+        h = float(lam[i + 1] - lam[i])
+        x_prev = (s[i + 1] / s[i]) * x - a[i + 1] * math.expm1(-h) * x0
+        if self.order == 2 and prev is not None:
+            r0 = float(lam[i] - lam[i - 1]) / h
+            x_prev = x_prev - 0.5 * a[i + 1] * math.expm1(-h) * (x0 - prev) / r0
+        return x_prev, x0
+
+
+class EDMHeunSampler(Sampler):
+    """Heun's second-order method on the probability-flow ODE dx/dsigma = eps(x, sigma) in the
+    variance-exploding view x / sqrt(abar) = x_0 + sigma eps (Karras et al., 2022, "EDM", algorithm
+    1 with S_churn = 0), on the noise levels of Karras et al. (rho = 7, from sigma at t = T-1 down to
+    sigma at t = 0) or, with ``karras=False``, those of the ``spacing``'s timesteps. ``steps`` noise
+    levels cost 2 x steps - 1 network evaluations: every step but the last (to noise level 0, an
+    Euler step that lands on x_0) evaluates the network twice. The network sees fractional
+    timesteps (:meth:`NoiseSchedule.sigma_to_t`).
+
+    Matches diffusers' ``HeunDiscreteScheduler(use_karras_sigmas=karras, timestep_spacing=spacing,
+    clip_sample=clip_x0)`` step for step (``tests/test_samplers.py``), evaluation by evaluation:
+    ``timesteps()`` lists the 2 x steps - 1 evaluations and ``step`` alternates Euler predictions
+    and Heun corrections. Between evaluations the state is kept as x_t (the network's input), so the
+    generic sampling loop drives it like any other sampler.
+    """
+
+    name = "edm_heun"
+    deterministic = True
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule | None = None,
+        steps: int = 10,
+        karras: bool = True,
+        rho: float = 7.0,
+        spacing: str = "linspace",
+        clip_x0: bool = True,
+    ) -> None:
+        super().__init__(schedule)
+        self.steps = _check_steps(self.name, steps)
+        self.karras = bool(karras)
+        self.rho = float(rho)
+        self.spacing = _check_spacing(spacing)
+        self.clip_x0 = bool(clip_x0)
+        self._state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps
+
+    @property
+    def nfe(self) -> int:
+        """Two evaluations per step, one for the last (an Euler step to x_0)."""
+        return 2 * self.steps - 1
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "karras": self.karras, "rho": self.rho, "spacing": self.spacing,
+                "clip_x0": self.clip_x0}  # fmt: skip
+
+    def noise_levels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas, timesteps), float64: the ``steps`` noise levels, descending, then 0, and the
+        (fractional) timestep of each nonzero one, as diffusers' ``set_timesteps`` makes them."""
+        schedule = self._require_schedule()
+        T, n = schedule.timesteps, self.steps
+        if self.spacing == "linspace":
+            ts = torch.linspace(0, T - 1, n, dtype=torch.float64).flip(0)
+        elif self.spacing == "leading":
+            ts = (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0)
+        else:
+            ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        table = schedule.sigmas_float64
+        # sigma at the spaced timesteps, interpolated linearly as diffusers does (np.interp)
+        low = ts.floor().long().clamp(0, T - 1)
+        high = (low + 1).clamp(max=T - 1)
+        sigmas = table[low] + (ts - low) * (table[high] - table[low])
+        if self.karras:
+            ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+            hi, lo = float(sigmas[0]) ** (1 / self.rho), float(sigmas[-1]) ** (1 / self.rho)
+            sigmas = (hi + ramp * (lo - hi)) ** self.rho
+            ts = schedule.sigma_to_t(sigmas)
+        return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]), ts
+
+    def timesteps(self) -> list[float]:
+        """The timestep of every network evaluation: t_0, then each later level's twice (the Heun
+        correction of the step that reached it, then the Euler step that leaves it)."""
+        _, ts = self.noise_levels()
+        return [float(ts[0])] + [float(t) for t in ts[1:] for _ in range(2)]
+
+    def prepare(self, timesteps: list[float], dtype: torch.dtype, device: torch.device) -> None:  # noqa: D102
+        sigmas, _ = self.noise_levels()
+        self._sigmas = [float(v) for v in sigmas]
+        self._state = None
+
+    def _x0_and_scale(self, x, output, sigma: float, prediction: str) -> tuple[torch.Tensor, float]:
+        """x_0 from the network's output at x_t (noise level sigma), and sqrt(1 + sigma^2), the
+        factor from x_t to the variance-exploding state x_t / sqrt(abar)."""
+        scale = math.sqrt(1 + sigma**2)
+        x0, _ = to_x0_eps(x, output, prediction, 1 / scale, sigma / scale)
+        return (x0.clamp(-1, 1) if self.clip_x0 else x0), scale
+
+    def step(self, i, output, x, t, generator, prediction="eps"):  # noqa: D102
+        k = (i + 1) // 2  # the level this evaluation is at
+        sigma = self._sigmas[k]
+        x0, scale = self._x0_and_scale(x, output, sigma, prediction)
+        xs = x * scale
+        if i % 2 == 0:  # Euler from level k to k + 1 (to x_0 itself when that is noise level 0)
+            nxt = self._sigmas[k + 1]
+            if nxt == 0:
+                return x0, x0
+            d = (xs - x0) / sigma
+            self._state = (d, xs)
+            return (xs + d * (nxt - sigma)) / math.sqrt(1 + nxt**2), x0
+        # Heun's correction of the step from level k - 1, with the slope at level k averaged in
+        d_prev, xs_prev = self._state
+        self._state = None
+        d = 0.5 * (d_prev + (xs - x0) / sigma)
+        return (xs_prev + d * (sigma - self._sigmas[k - 1])) / scale, x0

@@ -236,3 +236,53 @@ class NoiseSchedule(nn.Module):
 
     def sample_timesteps(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randint(0, self.timesteps, (n,), device=device)
+
+    # --- the continuous-time view: noise level sigma = sqrt((1 - abar) / abar) --------------------
+    # Solvers that step between noise levels (EDM/Karras sampling) and the probability-flow ODE need
+    # the schedule at fractional timesteps. Like diffusers' schedulers and k-diffusion, genbench
+    # interpolates log sigma linearly between the trained timesteps; :meth:`sigma_to_t` and
+    # :meth:`t_to_sigma` are exact inverses of each other on [0, T-1].
+    @property
+    def sigmas_float64(self) -> torch.Tensor:
+        """sigma_t = sqrt((1 - abar_t) / abar_t) for t = 0..T-1 (float64, CPU, increasing): the noise
+        level of x_t / sqrt(abar_t) = x_0 + sigma_t eps, the variance-exploding view of x_t."""
+        ab = self.alpha_bar_float64
+        return ((1 - ab) / ab).sqrt()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep whose noise level is ``sigma`` (float64): log sigma interpolated
+        linearly between the two trained timesteps around it, clamped to [0, T-1] (diffusers'
+        ``_sigma_to_t``)."""
+        log_sigmas = self.sigmas_float64.log()
+        log_sigma = sigma.double().clamp(min=1e-10).log()
+        low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, len(log_sigmas) - 2)
+        lo, hi = log_sigmas[low], log_sigmas[low + 1]
+        w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+        return low.double() + w
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level at fractional timesteps ``t`` in [0, T-1] (float64): the inverse of
+        :meth:`sigma_to_t`; at whole t, exactly :attr:`sigmas_float64`."""
+        log_sigmas = self.sigmas_float64.log()
+        t = t.double().clamp(0, self.timesteps - 1)
+        low = t.floor().long().clamp(max=max(self.timesteps - 2, 0))
+        w = t - low
+        high = (low + 1).clamp(max=self.timesteps - 1)
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
+
+    def loss_weights(self, t: torch.Tensor, prediction: str, weighting: str, gamma: float = 5.0) -> torch.Tensor:
+        """Per-example weights of the regression loss at timesteps ``t``, for a network trained on
+        ``prediction``: ``"uniform"`` (all ones: the simple objective of Ho et al.) or ``"min_snr"``
+        (Hang et al., 2023): weight the x_0 error by min(SNR_t, gamma) with SNR_t = abar_t / (1 -
+        abar_t), which for an eps target is min(SNR, gamma) / SNR, for v min(SNR, gamma) / (SNR + 1)
+        and for x_0 min(SNR, gamma) itself (an eps or v error is the x_0 error scaled by SNR or
+        SNR + 1). Large-SNR (almost clean) steps stop dominating the gradient."""
+        if weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        if weighting != "min_snr":
+            raise GenbenchError(f"Unknown loss weighting '{weighting}': use model.loss_weighting=uniform or min_snr.")
+        ab = self.alpha_bar.gather(0, t)
+        snr = ab / (1 - ab)
+        clipped = snr.clamp(max=gamma)
+        check_prediction(prediction)
+        return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction]

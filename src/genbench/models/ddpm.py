@@ -5,6 +5,11 @@ The module combines three separate objects: the network (any ``net(x_t, t)``), t
 E_{t, x_0, eps} ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2 and samples
 with an EMA copy of the network. ``prediction`` (default "eps") says what the network outputs;
 "x0" or "v" change the regression target to match, and the samplers read the output accordingly.
+``loss_weighting="min_snr"`` weights each example's error by min-SNR-gamma (Hang et al., 2023).
+
+Its likelihood has two bounds: the variational bound of Ho et al. (``vlb``, the headline) and, with
+``likelihood.ode=true``, the bound through its probability-flow ODE (``ode``), which is the
+deterministic samplers' model and on the same scale as flow matching's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from torch import nn
 
 from genbench import GenbenchError
 from genbench.diffusion import DDIMSampler, NoiseSchedule, Sampler
-from genbench.diffusion.schedule import _extract, check_prediction
+from genbench.diffusion.schedule import _extract, check_prediction, to_x0_eps
 from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
+from genbench.flow.likelihood import dequantised_nll, ode_log_likelihood
 from genbench.models.base import OptimizerFactory, SchedulerFactory
 from genbench.models.ema_regression import EMARegressionModel
 from genbench.registry import FamilySpec
@@ -45,6 +51,8 @@ class DDPM(EMARegressionModel):
         channels_last: bool | str = False,
         compile: bool | dict[str, Any] | None = False,  # the config key model.compile
         prediction: str = "eps",
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__(
             net, optimizer, scheduler, ema_decay, channels, image_size, sample_batch_size, channels_last, compile
@@ -53,6 +61,9 @@ class DDPM(EMARegressionModel):
         #: what the network outputs ("eps", "x0" or "v"): its training target, passed to every sampler
         self.prediction = check_prediction(prediction)
         self.schedule = schedule
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
+        schedule.loss_weights(torch.zeros(1, dtype=torch.long), prediction, loss_weighting, self.min_snr_gamma)
         self.sampler = self.prepare_sampler(sampler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -73,7 +84,8 @@ class DDPM(EMARegressionModel):
     def diffusion_loss(
         self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """The MSE to the ``prediction`` target (the noise by default) at uniformly drawn timesteps."""
+        """The MSE to the ``prediction`` target (the noise by default) at uniformly drawn timesteps,
+        each example's mean squared error weighted by ``loss_weighting`` (uniform: plain MSE)."""
         n = x0.shape[0]
         if generator is None:
             t = self.schedule.sample_timesteps(n, x0.device)
@@ -83,7 +95,12 @@ class DDPM(EMARegressionModel):
             t = t.to(x0.device)
             noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         target = self.schedule.prediction_target(x0, noise, t, self.prediction)
-        return F.mse_loss(net(self.schedule.q_sample(x0, t, noise), t), target)
+        output = net(self.schedule.q_sample(x0, t, noise), t)
+        if self.loss_weighting == "uniform":
+            return F.mse_loss(output, target)
+        per_example = F.mse_loss(output, target, reduction="none").flatten(1).mean(1)
+        weights = self.schedule.loss_weights(t, self.prediction, self.loss_weighting, self.min_snr_gamma)
+        return (weights.to(per_example.dtype) * per_example).mean()
 
     regression_loss = diffusion_loss
 
@@ -110,7 +127,7 @@ class DDPM(EMARegressionModel):
             name = getattr(sampler, "name", type(sampler).__name__)
             raise GenbenchError(
                 f"Sampler '{name}' cannot sample a diffusion model: it reads the network as a velocity field. "
-                "Use a diffusion sampler: sampler=ddim or sampler=ancestral."
+                "Use a diffusion sampler: sampler=ddim, dpmpp_2m, edm_heun or ancestral."
             )
         return sampler.bind(self.schedule)
 
@@ -185,10 +202,33 @@ class DDPM(EMARegressionModel):
         return torch.where(t == 0, decoder_nll, kl)
 
     def likelihood_description(self, cfg: LikelihoodConfig) -> str:
-        """The bound's settings in a few words."""
+        """The bounds' settings in a few words."""
         T = self.schedule.timesteps
         which = f"all {T}" if cfg.timesteps >= T else f"{cfg.timesteps} of {T}"
-        return f"DDPM variational bound (EMA weights, sigma^2={self.reverse_variance}), {which} timesteps per image"
+        text = f"DDPM variational bound (EMA weights, sigma^2={self.reverse_variance}), {which} timesteps per image"
+        if cfg.ode:
+            text += f"; probability-flow ODE bound (Heun {cfg.ode_steps} steps, Hutchinson divergence, 1 probe)"
+        return text
+
+    def ode_velocity(self, net: nn.Module, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The probability-flow ODE as a flow from noise (tau = 0) to data (tau = 1), in the
+        coordinates x_t the network reads: log sigma runs linearly in tau from sigma at t = T-1 to
+        sigma at t = 0 (sigma = sqrt((1 - abar) / abar), fractional t between trained ones by
+        :meth:`NoiseSchedule.sigma_to_t`). With dx_sigma / dsigma = eps for x_sigma = x_t / sqrt(abar)
+        (the deterministic samplers' ODE) and x_t = x_sigma / sqrt(1 + sigma^2):
+
+            dx_t / dtau = log(sigma_min / sigma_max) * (sqrt(1 - abar) eps - (1 - abar) x_t).
+
+        The flow carries N(0, I) (x_T's law, up to abar_{T-1} ~ 4e-5) to a density over images, so
+        :func:`genbench.flow.likelihood.ode_log_likelihood` bounds its NLL as it does flow matching's."""
+        table = self.schedule.sigmas_float64
+        log_min, log_max = float(table[0].log()), float(table[-1].log())
+        sigma = (log_max + tau.double() * (log_min - log_max)).exp()
+        t = self.schedule.sigma_to_t(sigma).to(device=x.device, dtype=x.dtype)
+        one_minus_ab = (sigma**2 / (1 + sigma**2)).to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        sqrt_ab, sqrt_one_minus_ab = (1 - one_minus_ab).sqrt(), one_minus_ab.sqrt()
+        _, eps = to_x0_eps(x, net(x, t), self.prediction, sqrt_ab, sqrt_one_minus_ab)
+        return (log_min - log_max) * (sqrt_one_minus_ab * eps - one_minus_ab * x)
 
     def likelihood_bounds(
         self, x: torch.Tensor, cfg: LikelihoodConfig, generator: torch.Generator | None = None
@@ -212,7 +252,17 @@ class DDPM(EMARegressionModel):
         for j in range(k):
             noise = self.randn(*x.shape, generator=generator).to(x.dtype)
             total += self.vlb_term(x, ts[:, j].contiguous(), noise)
-        return {"vlb": self.vlb_prior(x) + total * (T / k)}
+        bounds = {"vlb": self.vlb_prior(x) + total * (T / k)}
+        if cfg.ode:
+            net = self.ema.shadow
+
+            def log_density(y: torch.Tensor) -> torch.Tensor:
+                return ode_log_likelihood(
+                    lambda z, tau: self.ode_velocity(net, z, tau), y, steps=cfg.ode_steps, generator=generator
+                )
+
+            bounds["ode"] = dequantised_nll(log_density, x, generator)
+        return bounds
 
 
 #: the DDPM as a genbench family (genbench.registry): what generic code knows of it
@@ -239,5 +289,7 @@ SPEC = FamilySpec(
         Rule("model.schedule.timesteps", integer(1), "1000"),
         Rule("model.schedule.kind", choice("linear", "cosine"), "linear"),
         Rule("model.schedule.beta_*", number(0, 1, lo_open=True, hi_open=True), "0.02"),
+        Rule("model.loss_weighting", choice("uniform", "min_snr"), "min_snr"),
+        Rule("model.min_snr_gamma", number(0, lo_open=True), "5.0"),
     ),
 )

@@ -96,7 +96,7 @@ class FlowMatching(EMARegressionModel):
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
     def likelihood_description(self, cfg: LikelihoodConfig) -> str:
         """What :meth:`likelihood_bounds` reports."""
-        return f"dequantised ODE bound (EMA weights, Heun {cfg.timesteps} steps, Hutchinson divergence, 1 probe)"
+        return f"dequantised ODE bound (EMA weights, Heun {cfg.ode_steps} steps, Hutchinson divergence, 1 probe)"
 
     def likelihood_bounds(
         self, x: torch.Tensor, cfg: LikelihoodConfig, generator: torch.Generator | None = None
@@ -107,7 +107,7 @@ class FlowMatching(EMARegressionModel):
 
         def log_density(y: torch.Tensor) -> torch.Tensor:
             return ode_log_likelihood(
-                lambda z, t: self.velocity(net, z, t), y, steps=cfg.timesteps, generator=generator
+                lambda z, t: self.velocity(net, z, t), y, steps=cfg.ode_steps, generator=generator
             )
 
         return {"ode": dequantised_nll(log_density, x, generator)}
