@@ -321,3 +321,43 @@ def test_the_protocol_names_each_familys_sampler(tmp_path: Path) -> None:
     lines = dict(build_protocol([gan, ddpm, ddpm_eval], [], {"environment": {}}, None))
     assert lines["Sampler"] == "gan: one network pass (no sampler); ddpm: ddim 25 steps; ddpm2: ddim 50 steps (eta 0.0)"
     assert lines["Seeds"] == "0 (all families)"
+
+
+def test_verdict_compares_families_at_equal_nfe_and_at_their_best(tmp_path: Path) -> None:
+    """At each NFE two families were scored at, each one's best sampler there; then each at its best.
+    An NFE only one family has is no comparison and is left out; FIDs average over a family's seeds."""
+    from genbench.report.verdict import _nfe_sentence, sampler_quality
+
+    def entry(label: str, nfe: int, fid: float) -> dict:
+        return {"sampler": label, "nfe": nfe, "images_per_second": 10.0, "metrics": {"eval/fid": fid}}
+
+    runs = [
+        _result(tmp_path, "gan", sampling=[entry("default", 1, 30.0)]),
+        _result(tmp_path, "vae", sampling=[entry("default", 1, 20.0)]),
+        _result(
+            tmp_path,
+            "ddpm",
+            sampling=[entry("ddim-10", 10, 80.0), entry("dpmpp_2m-10", 10, 50.0), entry("edm_heun-19", 19, 45.0)],
+        ),  # fmt: skip
+        _result(
+            tmp_path,
+            "ddpm",
+            seed=1,
+            sampling=[entry("ddim-10", 10, 70.0), entry("dpmpp_2m-10", 10, 54.0), entry("edm_heun-19", 19, 47.0)],
+        ),  # fmt: skip
+        _result(
+            tmp_path,
+            "flow_matching",
+            sampling=[entry("euler-10", 10, 25.0), entry("heun-10", 10, 22.0), entry("euler-25", 25, 21.0)],
+        ),  # fmt: skip
+        _result(tmp_path, "broken", status="failed", sampling=[entry("x-10", 10, 1.0)]),
+    ]
+    q = sampler_quality(runs)
+    assert q["ddpm"]["dpmpp_2m-10"] == (10, 52.0) and "broken" not in q
+    text = _nfe_sentence(runs)
+    assert "at 1 NFE vae 20.0 (default), gan 30.0 (default)" in text
+    assert "at 10 NFE flow_matching 22.0 (heun-10), ddpm 52.0 (dpmpp_2m-10)" in text
+    assert "at 19 NFE" not in text and "at 25 NFE" not in text  # one family each: no comparison
+    assert "best sampler: vae 20.0 (default, 1 NFE), flow_matching 21.0 (euler-25, 25 NFE)" in text
+    assert "ddpm 46.0 (edm_heun-19, 19 NFE)" in text
+    assert _nfe_sentence(runs[:1]) is None

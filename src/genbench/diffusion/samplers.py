@@ -252,6 +252,17 @@ class DDIMSampler(Sampler):
 SPACINGS = ("linspace", "leading", "trailing")
 
 
+def spaced_timesteps(T: int, n: int, spacing: str) -> torch.Tensor:
+    """``n`` timesteps in [0, T-1], descending (float64, not rounded), spaced as diffusers' schedulers
+    space them: "linspace" from T-1 to 0 inclusive, "leading" multiples of T // n from 0 up,
+    "trailing" T-1 down in steps of T / n."""
+    if spacing == "linspace":
+        return torch.linspace(0, T - 1, n, dtype=torch.float64).flip(0)
+    if spacing == "leading":
+        return (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0)
+    return torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+
+
 def _check_spacing(spacing: str) -> str:
     if spacing not in SPACINGS:
         raise GenbenchError(f"Unknown timestep spacing '{spacing}': use sampler.spacing=linspace, leading or trailing.")
@@ -309,13 +320,11 @@ class DPMSolverSampler(Sampler):
     def timesteps(self) -> list[int]:
         """``steps`` integer timesteps, descending, as diffusers' ``set_timesteps`` spaces them."""
         T, n = self._require_schedule().timesteps, self.steps
-        if self.spacing == "linspace":
-            ts = torch.linspace(0, T - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
-        elif self.spacing == "leading":
-            ts = (torch.arange(n + 1, dtype=torch.float64) * (T // (n + 1))).flip(0)[:-1]
-        else:
-            ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
-        ts = [int(v) for v in ts.tolist()]
+        if self.spacing == "trailing":
+            ts = spaced_timesteps(T, n, self.spacing)
+        else:  # n + 1 points down to t = 0, which is left out: the last step goes to noise level 0
+            ts = spaced_timesteps(T, n + 1, self.spacing)[:-1]
+        ts = [int(v) for v in ts.round().tolist()]
         if len(set(ts)) != len(ts) or len(ts) != n:
             raise GenbenchError(
                 f"{n} {self.spacing}-spaced steps do not fit the schedule's T={T} (timesteps repeat): "
@@ -406,12 +415,7 @@ class EDMHeunSampler(Sampler):
         (fractional) timestep of each nonzero one, as diffusers' ``set_timesteps`` makes them."""
         schedule = self._require_schedule()
         T, n = schedule.timesteps, self.steps
-        if self.spacing == "linspace":
-            ts = torch.linspace(0, T - 1, n, dtype=torch.float64).flip(0)
-        elif self.spacing == "leading":
-            ts = (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0)
-        else:
-            ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        ts = spaced_timesteps(T, n, self.spacing)
         table = schedule.sigmas_float64
         # sigma at the spaced timesteps, interpolated linearly as diffusers does (np.interp)
         low = ts.floor().long().clamp(0, T - 1)

@@ -132,6 +132,59 @@ def _sampling_sentence(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def sampler_quality(runs: list[RunResult], metric: str = "eval/fid") -> dict[str, dict[str, tuple[int, float]]]:
+    """{family: {sampler label: (NFE, mean ``metric`` over the family's finished runs)}} from each
+    run's ``sampling.json``: every sampler scored, the family's own included."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    nfes: dict[tuple[str, str], int] = {}
+    for run in runs:
+        for s in run.sampling if run.status == "ok" else ():
+            value = (s.get("metrics") or {}).get(metric)
+            if isinstance(value, int | float) and math.isfinite(value):
+                values[run.family][s["sampler"]].append(float(value))
+                nfes[run.family, s["sampler"]] = int(s.get("nfe") or s.get("steps") or 1)
+    return {
+        family: {label: (nfes[family, label], float(np.mean(v))) for label, v in by_label.items()}
+        for family, by_label in values.items()
+    }
+
+
+def _nfe_sentence(runs: list[RunResult]) -> str | None:
+    """Quality at equal sampling cost: at every NFE that two or more families were scored at, each
+    one's best FID there; then each family at its best sampler whatever the cost. None when no two
+    families share an NFE (nothing to compare at equal cost)."""
+    quality = sampler_quality(runs)
+    at: dict[int, list[tuple[float, str, str]]] = defaultdict(list)
+    for family, by_label in quality.items():
+        best_at: dict[int, tuple[float, str]] = {}
+        for label, (nfe, fid) in by_label.items():
+            if nfe not in best_at or fid < best_at[nfe][0]:
+                best_at[nfe] = (fid, label)
+        for nfe, (fid, label) in best_at.items():
+            at[nfe].append((fid, family, label))
+    shared = {nfe: sorted(v) for nfe, v in sorted(at.items()) if len(v) > 1}
+    if not shared:
+        return None
+    seeds = {run.seed for run in runs if run.status == "ok"}
+
+    def show(fid: float, family: str, label: str, nfe: int | None = None) -> str:
+        cost = f", {nfe} NFE" if nfe is not None else ""
+        return f"{family} {format_value('fid', fid)} ({label}{cost})"
+
+    parts = [f"at {nfe} NFE " + ", ".join(show(*e) for e in entries) for nfe, entries in shared.items()]
+    best = sorted(
+        (fid, family, label, nfe)
+        for family, by_label in quality.items()
+        for label, (nfe, fid) in [min(by_label.items(), key=lambda kv: kv[1][1])]
+    )
+    uncertain = f"; {ONE_SEED}" if len(seeds) < 2 else ""
+    return (
+        "Quality at equal sampling cost (FID of the best sampler at each number of network evaluations per "
+        f"image, lower is better): {'; '.join(parts)}. At each family's best sampler: "
+        f"{', '.join(show(fid, family, label, nfe) for fid, family, label, nfe in best)}{uncertain}."
+    )
+
+
 def training_cost_to_fid(
     runs: list[RunResult], threshold: float | None = None
 ) -> tuple[float | None, dict[str, list[dict[str, Any]]]]:
@@ -306,8 +359,8 @@ def _stability_sentence(rows: list[dict[str, Any]]) -> str:
 
 
 def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
-    """One sentence per axis (quality, diversity/coverage, likelihood, sampling cost, training cost
-    to reach a given FID, stability), and a last one when a time budget ran on a loaded machine.
+    """One sentence per axis (quality, diversity/coverage, likelihood, sampling cost, quality at
+    equal sampling cost where families share an NFE, training cost to reach a given FID, stability), and a last one when a time budget ran on a loaded machine.
     ``rows`` from :func:`~genbench.report.leaderboard.build_leaderboard`; ``runs`` for the
     evaluation histories (training cost)."""
     if not _family_rows(rows):
@@ -317,10 +370,12 @@ def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
         _diversity_sentence(rows),
         _metric_sentence(rows, "bpd", "Likelihood"),
         _sampling_sentence(rows),
+        _nfe_sentence(runs),
         _training_cost_sentence(runs),
         _curves_sentence(runs),
         _stability_sentence(rows),
     ]
+    sentences = [s for s in sentences if s]
     failed = [r["family"] for r in rows if r.get("kind", "family") == "family" and r.get("status") == "failed"]
     if failed:
         sentences.append(f"Not ranked: {', '.join(failed)} (no run finished; see the status column).")
