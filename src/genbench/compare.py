@@ -2,6 +2,12 @@
 
 genbench-compare outputs/train/multiruns/2026-11-26_10-00-00
 genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare/mine --floor
+genbench-compare outputs/train/multiruns/lr_sweep --group-by family
+
+Runs of a family that were started with different settings (a sweep over the learning rate, say)
+get a row each, named by the overrides that differ (``vae (model.optimizer.lr=0.001)``); only
+runs that differ in their seed alone are averaged into one row's mean and interval.
+``--group-by family`` pools every run of a family into one row instead.
 
 A run's results are read from both evaluation paths (the training callback's ``eval/`` and
 ``genbench-eval``'s ``checkpoints/metrics.json``), the newest of its final model winning; a run
@@ -20,6 +26,7 @@ from genbench.errors import user_errors
 from genbench.report.build import hints_text, write_report
 from genbench.report.collect import failed_runs_line, find_runs
 from genbench.report.floor import floor_protocol, real_floor
+from genbench.report.leaderboard import GROUP_BY
 from genbench.summary import print_summary
 
 
@@ -29,6 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="report directory (default outputs/compare/<time>)")
     parser.add_argument("--title", default="genbench comparison")
     parser.add_argument("--floor", action="store_true", help="also compute the real-vs-real reference row")
+    parser.add_argument(
+        "--group-by",
+        choices=GROUP_BY,
+        default="config",
+        help="config (default): a row per family and configuration, the overrides that differ between "
+        "a family's runs (seed excluded) naming it, its seeds averaged; family: one row per family",
+    )
     args = parser.parse_args(argv)
     with user_errors():
         runs = find_runs(args.runs)
@@ -43,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             title=args.title,
             floor=floor,
             real_grid=real_grid,
-            context={"config": {"runs": [str(r.run_dir) for r in runs]}},
+            context={"config": {"runs": [str(r.run_dir) for r in runs], "group_by": args.group_by}},
+            group_by=args.group_by,
         )
         print(report["paths"]["md"].read_text())
         print(hints_text(report["hints"]), end="")

@@ -47,6 +47,7 @@ EVAL_LATEST = f"{EVAL_DIR}/latest.json"  # EvaluationCallback: the newest evalua
 FINAL_GRID = "samples/final.png"  # SampleGrid: the final model's samples
 FINAL_RECON = "samples/recon_final.png"  # SampleGrid (encoder families): validation images above their reconstructions
 FINAL_INTERP = "samples/interp_final.png"  # SampleGrid: latent interpolations of the final model
+OVERRIDES = ".hydra/overrides.yaml"  # Hydra: the job's command-line overrides (a sweep's point, its seed)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def write_failure(
 
 #: What Hydra and genbench write into a run directory before the first training step: a start that
 #: fails before training leaves nothing else, so these (and only these) are taken back.
-HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", OVERRIDES)
 #: A csv/ folder with nothing but the hyperparameters Lightning's CSVLogger saves when a fit fails
 #: before its first step (the data missing at setup) holds no training output either.
 CSV_HPARAMS = "csv/hparams.yaml"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import subprocess
 import time
 from collections import defaultdict
@@ -25,7 +26,13 @@ from genbench.metrics import NOISE_METRIC
 from genbench.report.collect import RunResult
 from genbench.report.figures import readable_factor, side_by_side, upscale
 from genbench.report.html import data_uri, headline_keys, leaderboard_tables, write_html
-from genbench.report.leaderboard import METRIC_INFO, build_leaderboard, format_value, write_leaderboard
+from genbench.report.leaderboard import (
+    METRIC_INFO,
+    build_leaderboard,
+    format_value,
+    named_runs,
+    write_leaderboard,
+)
 from genbench.report.plots import metrics_during_training, quality_vs_cost, quality_vs_steps
 from genbench.report.stability import per_seed_curves
 from genbench.report.verdict import verdict
@@ -347,7 +354,8 @@ def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path)
         found += [(run.family, kind, title, p) for kind, title, p in candidates if p is not None and Path(p).is_file()]
     out = []
     for group, kind, title, path in found:
-        name = "real" if kind == "real" else f"{group}_{kind}"
+        # a sweep point's name ("vae (model.optimizer.lr=0.001)") as a file name without spaces or slashes
+        name = "real" if kind == "real" else re.sub(r"[^\w.=-]+", "_", group).strip("_") + f"_{kind}"
         enlarged = upscale(path, out_dir / "grids" / f"{name}.png", factor)
         out.append({"group": group, "kind": kind, "title": title, "path": enlarged, "factor": factor})
     return out
@@ -356,7 +364,10 @@ def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path)
 # --- the report ----------------------------------------------------------------------------------
 
 
-def _figures(runs: list[RunResult], out_dir: Path) -> list[dict[str, Any]]:
+def _figures(runs: list[RunResult], out_dir: Path, named: list[RunResult] | None = None) -> list[dict[str, Any]]:
+    """The report's figures; ``named``: the runs named by their leaderboard row (a sweep's points
+    apart), for the per-seed curves, which group runs by that name (default ``runs``)."""
+    named = runs if named is None else named
     figures = [
         (
             "Metrics against training time",
@@ -382,7 +393,7 @@ def _figures(runs: list[RunResult], out_dir: Path) -> list[dict[str, Any]]:
     figures.append(
         (
             "Training curves per seed",
-            per_seed_curves(runs, out_dir / "per_seed_curves.png"),
+            per_seed_curves(named, out_dir / "per_seed_curves.png"),
             lambda: (
                 "no finished run has a training loss curve (csv/metrics.csv, the csv logger) or evaluations "
                 "during training."
@@ -400,17 +411,23 @@ def write_report(
     real_grid: Path | None = None,
     context: dict[str, Any] | None = None,
     wandb_run: Any = None,
+    group_by: str = "config",
 ) -> dict[str, Any]:
     """Write the leaderboard files, the plots, the enlarged grids and report.html into ``out_dir``.
-    Returns rows, paths, figures (title -> path or None) and hints (missing numbers + commands)."""
+    Returns rows, paths, figures (title -> path or None) and hints (missing numbers + commands).
+
+    ``group_by``: "config" gives each family's configurations a row of their own (a sweep's
+    points), "family" one row per family (see :func:`~genbench.report.leaderboard.group_runs`).
+    The verdict, the protocol, the grids and the model summaries name the same rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {"environment": environment(), **(context or {})}
-    rows = build_leaderboard(runs, floor)
+    rows = build_leaderboard(runs, floor, group_by=group_by)
+    named = named_runs(runs, group_by)
     paths = write_leaderboard(rows, out_dir)
     tables = leaderboard_tables(rows)
-    hints = missing_metric_hints(runs, headline_keys(rows), rows)
-    figures = _figures(runs, out_dir)
-    grids = readable_grids(runs, real_grid, out_dir)
+    hints = missing_metric_hints(named, headline_keys(rows), rows)
+    figures = _figures(runs, out_dir, named)
+    grids = readable_grids(named, real_grid, out_dir)
     samples = {
         "real" if g["kind"] == "real" else g["group"]: g["path"] for g in grids if g["kind"] in ("real", "samples")
     }
@@ -422,13 +439,13 @@ def write_report(
         "title": title,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "genbench_version": __version__,
-        "verdict": verdict(rows, runs),
+        "verdict": verdict(rows, named),
         "warnings": warnings,
-        "protocol": protocol(runs, rows, context, floor),
+        "protocol": protocol(named, rows, context, floor),
         "tables": tables,
         "legend": LEGEND,
         "hints": hints,
-        "models": model_summaries(runs, rows),
+        "models": model_summaries(named, rows),
         "grids": [
             {
                 "name": group,

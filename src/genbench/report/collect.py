@@ -40,6 +40,10 @@ class RunResult:
     config: dict[str, Any] = field(default_factory=dict)
     #: where ``final`` came from: CALLBACK_SOURCE or EVAL_SOURCE (None: never evaluated)
     final_source: str | None = None
+    #: the job's command-line overrides (``.hydra/overrides.yaml``, else those ``failed.json``
+    #: recorded); None when the run kept no record of them. The leaderboard tells a sweep's points
+    #: apart by them.
+    overrides: list[str] | None = None
 
     def describe_source(self) -> str | None:
         """Which tool computed the final result, and the file it is in (for the report)."""
@@ -127,6 +131,23 @@ def merge_evaluations(
     return history, final, final["source"]
 
 
+def read_overrides(run: Path, failed: dict[str, Any] | None) -> list[str] | None:
+    """The overrides the job was started with: Hydra's record, else the failure record's (a job
+    that failed before Hydra wrote its files); None when neither says (a run written elsewhere)."""
+    import yaml
+
+    path = run / rundir.OVERRIDES
+    if path.is_file():
+        try:
+            listed = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            listed = None
+        if isinstance(listed, list):
+            return [str(o) for o in listed]
+    recorded = (failed or {}).get("overrides")
+    return [str(o) for o in recorded] if isinstance(recorded, list) and recorded else None
+
+
 def load_run(run_dir: str | Path) -> RunResult:
     run = Path(run_dir)
     config = rundir.read_config(run)
@@ -167,6 +188,7 @@ def load_run(run_dir: str | Path) -> RunResult:
         grid=grid if grid.is_file() else None,
         config=config,
         final_source=final_source,
+        overrides=read_overrides(run, failed if isinstance(failed, dict) else None),
     )
 
 

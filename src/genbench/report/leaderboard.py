@@ -1,5 +1,11 @@
-"""One row per family: every metric as mean ± std with a 95% interval over seeds, cost and load
-figures, the real-vs-real floor, and (with several seeds) a spread row.
+"""One row per family and configuration: every metric as mean ± std with a 95% interval over seeds,
+cost and load figures, the real-vs-real floor, and (with several seeds) a spread row.
+
+Runs of one family that were started with different settings (a sweep's points: another learning
+rate, another latent size) are different models, not seeds of one: they get a row each, named by
+the overrides that differ (``vae (model.optimizer.lr=0.001)``), and only runs that differ in seed
+alone are averaged (:func:`group_runs`; ``group_by="family"`` pools every run of a family, as a
+benchmark of one configuration per family does anyway).
 
 Rows are plain dicts so that every renderer (markdown here, the HTML report, W&B, the CSV) shows
 the same numbers; :func:`format_value` / :func:`format_cell` are the one place where a number
@@ -7,7 +13,10 @@ becomes text, so IS never prints as "1" in one place and "1.02" in another.
 
 Row layout (``kind`` says which row it is):
 
-- ``kind="family"``: ``family``, ``status``, ``seeds``, ``errors``; for every key in
+- ``kind="family"``: ``family`` (the row's name: the family, and in parentheses the overrides
+  that set this row's runs apart from the family's other runs; just the family when all its runs
+  share one configuration), ``model_family`` (the family alone), ``config`` (those overrides as
+  text, "" when none) and ``overrides`` ({key: value}), ``status``, ``seeds``, ``errors``; for every key in
   :data:`METRIC_INFO` present in the runs: ``<key>`` (mean over seeds), ``<key>_std`` (sample std,
   None with one seed), ``<key>_ci`` ([low, high] 95% Student-t interval, None with one seed),
   ``<key>_n`` (seeds that have it), ``<key>_range`` (max - min) and ``<key>_cv`` (std / |mean|);
@@ -26,14 +35,17 @@ Row layout (``kind`` says which row it is):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genbench.errors import GenbenchError
 from genbench.metrics.catalogue import CATALOGUE, EXTRA_COLUMNS, HEADLINE, Metric, aggregated, metric
 from genbench.registry import family_sort_key, find_family
 from genbench.report.collect import RunResult
@@ -163,14 +175,196 @@ def _load_warning(row: dict[str, Any]) -> str | None:
     )
 
 
-def _family_row(family: str, group: list[RunResult]) -> dict[str, Any]:
-    ok = [r for r in group if r.status == "ok"]
+# --- which runs are seeds of one configuration ----------------------------------------------------
+
+#: the values of genbench-compare's ``--group-by``: "config" (a row per family and configuration)
+#: or "family" (every run of a family in one row)
+GROUP_BY = ("config", "family")
+
+#: override keys that say where a run wrote its files, how it reported, or which seed it drew,
+#: never what was trained: runs differing only in these are seeds of one configuration
+NOT_CONFIGURATION = (
+    "seed",
+    "ckpt_path",
+    "print_config",
+    "fail_soft",
+    "tags",
+    "paths",
+    "hydra",
+    "logger",
+    "callbacks.progress_bar",
+    "callbacks.model_summary",
+)
+
+
+def is_configuration_key(key: str) -> bool:
+    """Whether an override of ``key`` changes what is trained (not the seed, a path, a run
+    directory, Hydra's own settings or the logging)."""
+    if any(key == p or key.startswith((f"{p}.", f"{p}/")) for p in NOT_CONFIGURATION):
+        return False
+    return not key.rsplit(".", 1)[-1].endswith(("dir", "dirpath"))
+
+
+def _text(value: Any) -> str:
+    """A config value as it would be written on the command line (true, null, 0.001, [1,2])."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """{key: value} of the overrides that configure the model or its training (``+``/``++``
+    prefixes dropped, a ``~key`` deletion as value "~")."""
+    out: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().lstrip("+")
+        if key.startswith("~"):
+            key, value, sep = key[1:], "~", "="
+        if sep and key and is_configuration_key(key):
+            out[key] = value.strip()
+    return out
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` in a run's config, or a sentinel when it is not a plain value
+    there (a config group such as ``model=vae`` names a whole section)."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return _MISSING if isinstance(node, Mapping) else node
+
+
+_MISSING = object()
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _settings(runs: list[RunResult]) -> list[dict[str, str]]:
+    """Each run's settings that differ between ``runs`` (one family), as {key: value text}.
+
+    From the overrides every run recorded: the keys any run set differently, each run's value
+    read from its resolved config where it is a plain value there (so ``lr=1e-3`` on one command
+    line and the default 0.001 of another run are one configuration), else as typed (a config
+    group: ``experiment=...``), else "default". A run with no record of its overrides (written
+    by other tools) falls back to its resolved config: the leaves that differ, paths and values
+    naming the run's own directory excluded.
+    """
+    if all(r.overrides is not None for r in runs):
+        given = [parse_overrides(r.overrides or []) for r in runs]
+        keys = [k for k in dict.fromkeys(k for g in given for k in g) if len({g.get(k) for g in given}) > 1]
+        settings = []
+        for run, typed in zip(runs, given, strict=True):
+            values = {}
+            for key in keys:
+                found = _lookup(run.config, key)
+                values[key] = _text(found) if found is not _MISSING else typed.get(key, "default")
+            settings.append(values)
+    else:
+        flat = [
+            {
+                k: _text(v)
+                for k, v in _flatten(r.config).items()
+                if is_configuration_key(k) and str(r.run_dir) not in _text(v)
+            }
+            for r in runs
+        ]
+        keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({f.get(k) for f in flat}) > 1]
+        settings = [{k: f.get(k, "default") for k in keys} for f in flat]
+    # keys whose values agree once read from the configs (1e-3 typed, 0.001 by default) set nothing apart
+    varying = [k for k in keys if len({s[k] for s in settings}) > 1]
+    return [{k: s[k] for k in varying} for s in settings]
+
+
+def _order(value: str) -> tuple[int, float, str]:
+    """Sort key of a setting's value: numbers by size (0.001 before 0.01), then text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+@dataclass
+class RunGroup:
+    """The runs of one leaderboard row: one family, one configuration, its seeds."""
+
+    family: str
+    overrides: dict[str, str]
+    runs: list[RunResult]
+
+    @property
+    def config(self) -> str:
+        """The overrides that set this group apart, as on a command line ("" when none)."""
+        return ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+
+    @property
+    def label(self) -> str:
+        """The row's name: ``vae (model.optimizer.lr=0.001)``, or just ``vae``."""
+        return f"{self.family} ({self.config})" if self.overrides else self.family
+
+
+def group_runs(runs: list[RunResult], group_by: str = "config") -> list[RunGroup]:
+    """The leaderboard's rows as groups of runs, families in the registry's display order.
+
+    ``group_by="config"``: within a family, runs with the same settings (the overrides that differ
+    between the family's runs, seed, paths and logging excluded; :func:`_settings`) are one row,
+    their seeds averaged; ``"family"``: a row per family, whatever its runs' settings."""
+    if group_by not in GROUP_BY:
+        raise GenbenchError(f"group_by={group_by!r}: choose one of {', '.join(GROUP_BY)}.")
+    by_family: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_family[run.family].append(run)
+    groups: list[RunGroup] = []
+    for family in sorted(by_family, key=family_sort_key):
+        members = by_family[family]
+        if group_by == "family":
+            groups.append(RunGroup(family, {}, members))
+            continue
+        by_setting: dict[tuple[tuple[str, str], ...], list[RunResult]] = defaultdict(list)
+        for run, setting in zip(members, _settings(members), strict=True):
+            by_setting[tuple(setting.items())].append(run)
+        for setting in sorted(by_setting, key=lambda s: [_order(v) for _, v in s]):
+            groups.append(RunGroup(family, dict(setting), by_setting[setting]))
+    return groups
+
+
+def named_runs(runs: list[RunResult], group_by: str = "config") -> list[RunResult]:
+    """The runs with ``family`` set to their row's name (:attr:`RunGroup.label`), for the parts of
+    a report that group runs by family themselves (the verdict's per-run sentences, the sample
+    grids, the protocol): so they tell a sweep's points apart as the leaderboard does. Runs whose
+    family has one configuration come back unchanged."""
+    return [
+        run if group.label == run.family else dataclasses.replace(run, family=group.label)
+        for group in group_runs(runs, group_by)
+        for run in group.runs
+    ]
+
+
+def _family_row(group: RunGroup) -> dict[str, Any]:
+    family, runs = group.family, group.runs
+    ok = [r for r in runs if r.status == "ok"]
     row: dict[str, Any] = {
-        "family": family,
+        "family": group.label,
+        "model_family": family,
+        "config": group.config,
+        "overrides": dict(group.overrides),
         "kind": "family",
-        "status": "ok" if len(ok) == len(group) else ("failed" if not ok else "partial"),
+        "status": "ok" if len(ok) == len(runs) else ("failed" if not ok else "partial"),
         "seeds": sorted(r.seed for r in ok if r.seed is not None),
-        "errors": [f"seed {r.seed}: {r.error}" for r in group if r.status != "ok"],
+        "errors": [f"seed {r.seed}: {r.error}" for r in runs if r.status != "ok"],
     }
     for key in aggregated(k for r in ok for k in r.final):
         values = [_eval_value(r, key) for r in ok]
@@ -233,13 +427,14 @@ def _spread_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return row
 
 
-def build_leaderboard(runs: list[RunResult], floor: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The leaderboard rows: one per family (in the registry's display order, unknown ones last), the floor row when
-    ``floor`` is given, and a spread row when any family has several seeds (see the module doc)."""
-    by_family: dict[str, list[RunResult]] = defaultdict(list)
-    for run in runs:
-        by_family[run.family].append(run)
-    rows = [_family_row(f, by_family[f]) for f in sorted(by_family, key=family_sort_key)]
+def build_leaderboard(
+    runs: list[RunResult], floor: dict[str, Any] | None = None, group_by: str = "config"
+) -> list[dict[str, Any]]:
+    """The leaderboard rows: one per family and configuration (``group_by="family"``: one per
+    family; see :func:`group_runs`), families in the registry's display order (unknown ones last),
+    the floor row when ``floor`` is given, and a spread row when any row has several seeds (see the
+    module doc)."""
+    rows = [_family_row(g) for g in group_runs(runs, group_by)]
     spread = _spread_row(rows)
     if floor:
         row = {"family": FLOOR_NAME, "kind": "floor", "status": "reference", "seeds": [], "errors": []}
