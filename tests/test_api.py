@@ -93,3 +93,26 @@ def test_train_claims_a_run_dir_for_a_config_composed_outside_hydra_main(
     assert a.parent == tmp_path / "outputs" / "train" / "runs" and a.is_dir() and first.paths.output_dir == str(a)
     assert b != a and b.is_dir()  # two starts never share a directory (same second: <name>_1)
     assert ensure_output_dir(first) == a  # once set, it stays
+
+
+def test_compose_touches_no_disk_and_train_claims_the_run_dir_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Composing a config to look at it creates nothing (no run directory, no outputs/); the run
+    directory is claimed when training starts."""
+    from omegaconf import OmegaConf
+
+    from genbench.config import print_config_tree
+    from genbench.train import ensure_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("GENBENCH_ROOT", "GENBENCH_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("train", "eval", "benchmark"):
+        cfg = api.compose(["model=vae", "data=synthetic"] if name == "train" else [], config_name=name)
+        assert OmegaConf.to_yaml(cfg)  # shown as written
+        print_config_tree(cfg)  # and as genbench-train prints it: the run's paths left unresolved
+    assert "${paths.output_dir}" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    run_dir = ensure_output_dir(cfg := api.compose(["model=vae", "data=synthetic"]))
+    assert run_dir.parent == tmp_path / "outputs" / "train" / "runs" and cfg.paths.output_dir == str(run_dir)

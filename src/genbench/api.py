@@ -77,19 +77,21 @@ def compose(
     overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | Path | None = None
 ) -> DictConfig:
     """The config a command line with these overrides gets (``config_name``: train, eval,
-    benchmark), ready for :func:`train` or ``genbench.evaluate.evaluate``.
+    benchmark), ready for :func:`train` or ``genbench.evaluate.evaluate``. Composing only reads
+    the packaged configs: nothing is created on disk, so a config can be composed just to look at
+    it (``print(OmegaConf.to_yaml(cfg))``).
 
     Outside ``@hydra.main`` nothing sets ``paths.output_dir`` (Hydra's ``runtime.output_dir``):
-    here it becomes ``output_dir`` when given, else a fresh run directory claimed as the command
+    ``output_dir`` sets it here; without it, it is left for training to choose: :func:`train`
+    (and ``genbench.train.train``) claims a fresh run directory when it starts, as the command
     line claims its own (``outputs/<task>/runs/<time>`` under ``$GENBENCH_ROOT`` or the current
-    directory)."""
-    from genbench.train import ensure_output_dir
-
+    directory). Until then the paths derived from it (``trainer.default_root_dir``...) cannot be
+    resolved; pass ``output_dir`` where something needs them first (``genbench.evaluate.evaluate``
+    of two image folders writes its result into the run directory)."""
     cfg = _compose(overrides, config_name)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(output_dir).absolute())
-    ensure_output_dir(cfg)
     return cfg
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from genbench.cluster.resources import slurm_cpus_per_task, slurm_gpus_per_node, slurm_tasks_per_node
 from genbench.devices import gpu_precision
@@ -107,6 +108,16 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
         raise GenbenchError(f"Cannot build the {what} from its config: {cause}") from e
 
 
+def _yaml(value: DictConfig) -> str:
+    """A config section as YAML, resolved where it can be: a config composed outside
+    ``@hydra.main`` (``genbench.api.compose``) has no run directory until training claims one, so
+    the paths derived from it are shown as written (``${paths.output_dir}/checkpoints``)."""
+    try:
+        return OmegaConf.to_yaml(value, resolve=True)
+    except InterpolationResolutionError:
+        return OmegaConf.to_yaml(value)
+
+
 def print_config_tree(
     cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "trainer", "callbacks", "logger", "paths")
 ) -> None:
@@ -120,6 +131,6 @@ def print_config_tree(
     for key in keys:
         branch = tree.add(str(key), guide_style="dim")
         value = cfg[key]
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        text = _yaml(value) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)
