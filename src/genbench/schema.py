@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genbench.config import register_resolvers
+from genbench.devices import AUTO_PRECISION
 from genbench.errors import GenbenchError
 
 #: ``${a.b}`` / ``${..c}``: a reference to another key (checked there), not a resolver call
@@ -204,7 +205,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.devices", DEVICES, "1"),
     Rule("trainer.num_nodes", integer(1), "1"),
     Rule("trainer.accelerator", choice(*LIGHTNING_ACCELERATORS), "cpu"),
-    Rule("trainer.precision", choice(*LIGHTNING_PRECISIONS), "32-true"),
+    # auto: genbench chooses per device and family (genbench.devices.choose_precision)
+    Rule("trainer.precision", choice(AUTO_PRECISION, *LIGHTNING_PRECISIONS), "auto"),
     Rule("trainer.log_every_n_steps", integer(1), "50"),
     Rule("trainer.check_val_every_n_epoch", integer(1, null=True), "1"),
     Rule("trainer.val_check_interval", _or_null(LIMIT_TRAIN, True), "1.0"),

@@ -31,7 +31,7 @@ from genbench.checkpointing import (
 from genbench.cluster import cluster_plugins
 from genbench.compat import install_ddp_child_command
 from genbench.config import build, print_config_tree
-from genbench.devices import reduced_precision_warning
+from genbench.devices import reduced_precision_warning, resolve_precision
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable_dir
@@ -106,6 +106,21 @@ def finished_metrics(cfg: DictConfig, output_dir: Path, ckpt_path: str) -> dict[
     return done if steps_done or epochs_done else None
 
 
+def apply_auto_precision(cfg: DictConfig, family: str, announce: bool = True) -> str | None:
+    """Turn ``trainer.precision=auto`` into the precision this hardware and family train fastest in
+    (genbench.devices.choose_precision), in ``cfg`` itself so that the saved config.yaml, the
+    logged hyperparameters and the Trainer all show what ran; logs one info line saying what was
+    chosen and why. Returns the choice, or None when the precision was given explicitly."""
+    choice = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), family)
+    if choice is None:
+        return None
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    if announce:
+        log.info("trainer.precision=auto chose %s: %s.", choice.precision, choice.reason)
+    return choice.precision
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one model; returns the final callback metrics (also written to metrics.json)."""
     validate_config(cfg)
@@ -125,6 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"The model is built for images {model.image_shape} but data gives {tuple(datamodule.image_shape)}: "
             "take model.channels / model.image_size from data (the default interpolation)."
         )
+    apply_auto_precision(cfg, model.family, announce=rank_zero)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.genbench_config = {key: resolved[key] for key in ("model", "data", "seed")}
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
