@@ -1,10 +1,10 @@
-"""Prove genbench's GPU path within one short GPU loan, and keep that proof runnable on a CPU.
+"""Prove genbench's GPU path in one short session on a GPU machine, and keep that proof runnable on a CPU.
 
-    bash scripts/gpu_check.sh --prepare                 # here, before the loan (wheels + Fashion-MNIST)
+    bash scripts/gpu_check.sh --prepare                 # before copying the tree (wheels + Fashion-MNIST)
     OUT=/some/dir bash scripts/gpu_check.sh             # on the GPU machine (gets a Python env first)
     .venv/bin/python scripts/gpu_check.py --tiny --out /tmp/gc   # the CPU smoke run (CI, tests)
 
-docs/performance.md says how to run it through the device tool and what it found on an H200.
+docs/performance.md says how to run it and what it found on an H100 and an H200.
 
 A GPU machine is lent for minutes, from a bare copy of the tree, with no network: everything that
 is worth knowing about the GPU path has to come back from one command that cannot hang. So every

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# genbench's GPU check: one command for a freshly lent GPU machine (docs/performance.md).
+# genbench's GPU check: one command for a fresh GPU machine (docs/performance.md).
 #
-#   bash scripts/gpu_check.sh --prepare                        # here, before the loan (network or wheel cache)
+#   bash scripts/gpu_check.sh --prepare                        # before copying the tree (network or wheel cache)
 #   OUT=/path/to/results bash scripts/gpu_check.sh             # on the GPU machine: ~8 minutes, setup included
 #   bash scripts/gpu_check.sh --tiny --out /tmp/gc             # CPU smoke run (also GPU_CHECK_TINY=1)
 #
@@ -9,10 +9,10 @@
 # The clock starts here (GPU_CHECK_T0), so the check's time limit covers the setup too. Python, in
 # the first way that works:
 #   1. .venv, when it already imports genbench's stack (a reused machine; --tiny here);
-#   2. the machine's own python3 when it already has torch and Lightning (the lent GPU machines
-#      do: Python 3.12 with PyTorch, no network) plus the pure-Python packages it lacks (Hydra,
+#   2. the machine's own python3 when it already has torch and Lightning (the H100/H200
+#      machines of docs/performance.md do: Python 3.12 with PyTorch, no network) plus the pure-Python packages it lacks (Hydra,
 #      OmegaConf, antlr4, torch-fidelity), installed from outputs/gpu_check_assets/wheels, which
-#      `--prepare` fills and the device tool carries; genbench itself runs from src/;
+#      `--prepare` fills and the copied tree carries; genbench itself runs from src/;
 #   3. `make setup` (.venv with the pinned stack from the local wheel cache; needs Python 3.11).
 # Data: Fashion-MNIST from outputs/gpu_check_assets/fashion_mnist (copied there by --prepare),
 # else `make data` (Debian's dataset-fashion-mnist; apt may wait on a network that is not there,
