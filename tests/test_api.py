@@ -118,13 +118,6 @@ def test_compose_touches_no_disk_and_train_claims_the_run_dir_later(
     assert run_dir.parent == tmp_path / "outputs" / "train" / "runs" and cfg.paths.output_dir == str(run_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="Lightning's classmethod rebuilds a model from its hyperparameters, and a family's networks, schedule, "
-    "sampler and optimiser are constructor arguments kept out of them; GenerativeModel has to route "
-    "load_from_checkpoint through genbench.models.load_model_from_checkpoint (api.load works meanwhile)",
-)
 def test_lightnings_load_from_checkpoint_gives_the_trained_model(train_cfg, tmp_path: Path) -> None:
     from genbench.models import VAE
     from genbench.train import train
@@ -133,6 +126,14 @@ def test_lightnings_load_from_checkpoint_gives_the_trained_model(train_cfg, tmp_
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     expected = api.load(ckpt)  # genbench's loader: the model config stored in the checkpoint
     model = VAE.load_from_checkpoint(ckpt)
+    assert type(model) is VAE and model.state_dict().keys() == expected.state_dict().keys()
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values(), strict=True)
     )
+    from genbench.models import DDPM, GenerativeModel
+
+    assert type(GenerativeModel.load_from_checkpoint(ckpt)) is VAE  # the base class takes any family
+    with pytest.raises(GenbenchError, match="checkpoint of a vae, not of a DDPM"):
+        DDPM.load_from_checkpoint(ckpt)
+    with pytest.raises(GenbenchError, match="no hparams_file"):
+        VAE.load_from_checkpoint(ckpt, beta=2.0)

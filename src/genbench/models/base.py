@@ -104,6 +104,37 @@ class GenerativeModel(pl.LightningModule):
         #: alone rebuilds its model (see genbench.models.load_model_from_checkpoint)
         self.genbench_config: dict[str, Any] | None = None
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> GenerativeModel:
+        """Lightning's classmethod through genbench's loader (:func:`genbench.models.load_model_from_checkpoint`).
+
+        Lightning rebuilds a module from its saved hyperparameters, but a family's networks, noise
+        schedule, sampler and optimiser are constructor arguments built from the config genbench-train
+        stores in the checkpoint, so they are rebuilt from that config instead (weights_only loading,
+        EMA weights included). A checkpoint of another family is refused in one line."""
+        from genbench.models import load_model_from_checkpoint
+
+        if hparams_file is not None or kwargs or strict is False:
+            raise GenbenchError(
+                f"{cls.__name__}.load_from_checkpoint rebuilds the model from the config stored in the checkpoint: "
+                "it takes no hparams_file, strict=False or constructor arguments (use genbench.api.load, then change it)."
+            )
+        device = map_location if isinstance(map_location, str | torch.device) else "cpu"
+        model = load_model_from_checkpoint(checkpoint_path, device)
+        if not isinstance(model, cls):
+            raise GenbenchError(
+                f"{checkpoint_path} is a checkpoint of a {model.family}, not of a {cls.__name__}: load it with "
+                f"{type(model).__name__}.load_from_checkpoint or genbench.api.load."
+            )
+        return model
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
