@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from genbench import CONFIG_DIR
 from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
+from genbench.io import atomic_write_bytes
 from genbench.loggers import wandb_mode
 from genbench.report.build import hints_text, write_report
 from genbench.report.collect import failed_runs_line, find_runs
@@ -155,7 +156,7 @@ def _finish(proc: subprocess.Popen, family: str, sweep_dir: Path, step: str = ""
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "benchmark_config.yaml", resolve=True)
+    atomic_write_bytes(out_dir / "benchmark_config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     check_families(cfg)  # fail before any training if a family or the budget's protocol is unknown
     status = run_training(cfg, out_dir)
     runs = find_runs([out_dir / "runs" / f for f in cfg.families])

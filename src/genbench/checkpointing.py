@@ -1,5 +1,6 @@
 """Checkpoints of a run directory: which one a run resumes from, whether it may, writing
-``last.ckpt`` so a kill never leaves half a file, and continuing the CSV log after a resume.
+``last.ckpt`` (and every other checkpoint) so a kill or a full disk never leaves half a file,
+loading them without running code they might carry, and continuing the CSV log after a resume.
 
 Reading a checkpoint file and rebuilding a model from it is :mod:`genbench.models`' job; this
 module is about the run directory and the training loop around it.
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig
 
 from genbench.cluster.environment import in_slurm_job, slurm_restart_count
@@ -22,6 +23,7 @@ from genbench.cluster.resources import as_int
 from genbench.compat import checkpoint_logger_step, prepend_csv_rows
 from genbench.distributed import is_rank_zero
 from genbench.errors import GenbenchError
+from genbench.io import atomic_torch_save, replace_durably
 from genbench.models import GenerativeModel, checkpoint_family, read_checkpoint
 from genbench.rundir import LAST, RunLayout
 
@@ -132,30 +134,61 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     return RunLayout(trainer.default_root_dir).checkpoints
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader and writer for genbench runs: safe to load, whole when saved.
+
+    * saving (ModelCheckpoint's files, last.ckpt) goes through :func:`genbench.io.atomic_torch_save`:
+      Lightning's own writer builds the file in the system's temporary directory and *copies* it
+      to the checkpoint directory, so a full disk or a kill mid-copy leaves a truncated file under
+      the final name (and a full disk ends in an OSError traceback). Here the file is complete and
+      synced before it gets its name, a partial file is removed, and a full disk is one line;
+    * loading (``trainer.fit(ckpt_path=...)``) goes through
+      :func:`genbench.models.read_checkpoint`: ``weights_only=True`` with genbench's allowlist, so
+      resuming from a foreign file cannot run its code, whatever ``weights_only`` Lightning passes.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        """The checkpoint on the CPU (Lightning moves what it restores to the model's device)."""
+        return read_checkpoint(path)
+
+
+def use_atomic_checkpoint_io(trainer: pl.Trainer) -> None:
+    """Give ``trainer`` an :class:`AtomicCheckpointIO` where it has Lightning's default writer (a
+    trainer built outside genbench-train, e.g. in a notebook or a test, that uses
+    ResumeCheckpoint): last.ckpt must be atomic whoever built the trainer. A custom CheckpointIO
+    of the user's is left in place."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
 def save_last_checkpoint(trainer: pl.Trainer, pending: bool = False) -> Path:
-    """Write ``<checkpoint dir>/last.ckpt`` atomically: a kill mid-write leaves the previous one.
+    """Write ``<checkpoint dir>/last.ckpt`` atomically: a kill, a crash or a full disk mid-write
+    leaves the previous one, and no partial file (:class:`AtomicCheckpointIO`).
 
     With ``pending`` the file is ``.last.ckpt.pending`` instead, for the caller to promote with
     :func:`promote_pending` once the weights have proved sane. Collective under DDP (every rank
     calls it, rank 0 writes). Recorded as ModelCheckpoint's own "last", so a later save of the run
     overwrites it instead of writing ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
+    use_atomic_checkpoint_io(trainer)
     ckpt_dir = checkpoint_dir(trainer)
-    last, tmp = ckpt_dir / (f".{LAST}.pending" if pending else LAST), ckpt_dir / f".{LAST}.part"
+    last = ckpt_dir / (f".{LAST}.pending" if pending else LAST)
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "save_last", False) and Path(getattr(cb, "dirpath", "") or "") == ckpt_dir:
             cb.last_model_path = str(last)
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        os.replace(tmp, last)
-    trainer.strategy.barrier("genbench-save-last")
+    trainer.save_checkpoint(last)
     return last
 
 
 def promote_pending(trainer: pl.Trainer, pending: Path) -> Path:
-    """Make a pending checkpoint the run's last.ckpt (rank 0; an atomic rename)."""
+    """Make a pending checkpoint the run's last.ckpt (rank 0; an atomic, synced rename)."""
     last = pending.with_name(LAST)
     if trainer.is_global_zero and pending.is_file():
-        os.replace(pending, last)
+        replace_durably(pending, last)
     return last
 
 
@@ -173,7 +206,7 @@ def resume_csv_history(loggers: list[Any], ckpt_path: str | Path) -> None:
     csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
     if not csv_loggers or not is_rank_zero():
         return
-    step = checkpoint_logger_step(torch.load(ckpt_path, map_location="cpu", weights_only=False))
+    step = checkpoint_logger_step(read_checkpoint(ckpt_path))
     for logger in csv_loggers:
         path = Path(logger.log_dir) / "metrics.csv"
         if not path.is_file():

@@ -10,19 +10,25 @@ re-checks the cache after acquiring it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
+import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from genbench.errors import GenbenchError, NoSpaceError, no_space_cause
 
 log = logging.getLogger("genbench")
 
@@ -84,25 +90,98 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto ``path``
-    (atomic on POSIX), when it fails it is removed and ``path`` is left as it was. The one way
-    genbench replaces a file that someone else may be reading or that a kill could interrupt."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _size(nbytes: float) -> str:
+    """``1.2 MB``: a byte count as a user reads it in ``df -h``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(nbytes) < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"  # pragma: no cover - the loop always returns
+
+
+def free_space(path: str | Path) -> str:
+    """``1.2 MB free of 3.1 MB`` on the file system holding ``path`` (its nearest existing parent),
+    what a user must know to decide what to delete; ``unknown free space`` where it cannot be read."""
+    place = Path(path)
+    while not place.exists() and place != place.parent:
+        place = place.parent
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        usage = shutil.disk_usage(place)
+    except OSError:
+        return "unknown free space"
+    return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+def no_space_error(path: str | Path, error: OSError, needed: int | None = None, atomic: bool = True) -> NoSpaceError:
+    """The one line a full file system ends in: which file, why, how much room is left (after the
+    partial file was removed), what is intact, and what to do. Used by every writer here and, with
+    ``atomic=False``, by :func:`genbench.errors.user_errors` for writers outside genbench (a
+    logger's file may then be incomplete; checkpoints and results are still whole)."""
+    need = f" (it needs {_size(needed)})" if needed is not None else ""
+    kept = (
+        "Nothing was left half-written and the files written before are intact"
+        if atomic
+        else "That file may be incomplete; checkpoints and results are written atomically and are intact"
+    )
+    return NoSpaceError(
+        f"Cannot write {path}: {error.strerror or error}{need}; {free_space(Path(path).parent)} on its file system. "
+        f"{kept}: free some space (or write elsewhere) and run again; a training run continues with ckpt_path=auto."
+    )
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a directory's entries) to the disk: a rename is only durable
+    once the file's data and then the directory entry pointing at it have reached the disk; without
+    both, a power loss or a host crash can leave an empty or missing file under the final name.
+    File systems that cannot sync a directory (EINVAL on some network mounts) are skipped."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not directory or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def replace_durably(src: str | Path, dst: str | Path) -> None:
+    """``os.replace(src, dst)``, then sync the directory so the new name survives a crash. For a
+    file that is already complete and synced (a checkpoint promoted once its weights proved sane)."""
+    os.replace(src, dst)
+    _fsync(Path(dst).parent, directory=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``.<name>.<random>.tmp``) for the block to write.
+
+    The one way genbench writes a file that someone else may read or that a kill, a crash or a
+    full disk could interrupt: when the block succeeds the temporary file is synced to the disk,
+    renamed onto ``path`` (atomic on POSIX) and the directory synced, so ``path`` holds either the
+    old or the new complete file, never a part of one, even after a power loss. When anything
+    fails the temporary file is removed (its space is given back) and ``path`` stays as it was;
+    a full file system (ENOSPC, a quota) becomes :class:`NoSpaceError`, one line naming the file
+    and the free space. ``needed`` (bytes), when known, is named in that line. The file gets the
+    usual permissions (0666 less the umask), as ``open`` would give it, not mkstemp's 0600."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        yield tmp
+        _fsync(tmp)
+        replace_durably(tmp, path)
+    except BaseException as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if (cause := no_space_cause(e)) is not None and not isinstance(e, NoSpaceError):
+            raise no_space_error(path, cause, needed) from e
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -111,8 +190,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through :func:`atomic_path`. Serialised in memory first: torch's own file
+    writer reports a full disk as a RuntimeError ("file write failed") that does not say so, while
+    a plain write raises OSError(ENOSPC), which becomes the one-line :class:`NoSpaceError`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def read_json(path: str | Path) -> Any | None:
@@ -136,8 +219,6 @@ def probe_writable(directory: Path) -> None:
 def check_writable(path: Path, key: str = "output", example: str = "outputs/eval/metrics.json") -> None:
     """Refuse a file path a result could not be written to, before any work: otherwise the work
     would fail at its end and lose the result. ``key``/``example`` name the setting in the error."""
-    from genbench.errors import GenbenchError
-
     if path.is_dir():
         raise GenbenchError(f"{key}={path} is a directory: give a file path such as {key}={path / 'metrics.json'}.")
     parent = path.parent
@@ -157,8 +238,6 @@ def check_writable(path: Path, key: str = "output", example: str = "outputs/eval
 def check_writable_dir(path: Path, key: str) -> None:
     """Create ``path`` if needed and prove a file can be written in it, or raise one clear error
     naming ``key``: a run must not train for hours and then fail to save its checkpoints."""
-    from genbench.errors import GenbenchError
-
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe_writable(path)

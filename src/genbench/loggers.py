@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.config import build
 from genbench.distributed import is_rank_zero
+from genbench.io import atomic_write_bytes
 from genbench.rundir import RunLayout
 
 log = logging.getLogger("genbench")
@@ -156,7 +157,7 @@ def wandb_run_id(run_dir: Path) -> str | None:
     if not is_rank_zero():
         return None
     run_id = secrets.token_hex(4)
-    path.write_text(run_id + "\n")
+    atomic_write_bytes(path, (run_id + "\n").encode())
     return run_id
 
 

@@ -22,6 +22,7 @@ Other commands (``genbench-eval``, ``genbench-compare``) end the same way::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -88,10 +89,49 @@ def setup_run_logging() -> None:
                 lib.removeHandler(handler)
         lib.propagate = True
     silence_library_noise()
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            tolerate_full_disk(handler)
     logging.captureWarnings(True)
     warnings_log = logging.getLogger("py.warnings")
     if not any(isinstance(f, StripTrailing) for f in warnings_log.filters):
         warnings_log.addFilter(StripTrailing())
+
+
+def tolerate_full_disk(handler: logging.FileHandler) -> None:
+    """A log file on a full disk drops its lines instead of printing a ``--- Logging error ---``
+    traceback for each one (Python's default): the run goes on, and the writer that cannot save its
+    checkpoint or result ends the command with the one line naming the file and the free space.
+    The stream that failed is closed with its unwritten buffer (else every later flush, and the
+    final close, would fail again) and reopened by the next line, so logging resumes once there is
+    room. The first dropped line is announced once on stderr, so a log with a gap is never a mystery."""
+    if getattr(handler, "_genbench_tolerates_full_disk", False):
+        return
+    from genbench.errors import no_space_cause
+
+    original = handler.handleError
+    warned = False
+
+    def handle_error(record: logging.LogRecord) -> None:
+        nonlocal warned
+        error = sys.exc_info()[1]
+        if error is None or no_space_cause(error) is None:
+            original(record)
+            return
+        stream, handler.stream = handler.stream, None  # type: ignore[assignment]
+        with contextlib.suppress(OSError, ValueError):  # its unwritten buffer is dropped with it
+            stream.close()  # the next line reopens the file (FileHandler.emit), once there is room
+        if not warned:
+            warned = True
+            print(
+                f"genbench: warning: {handler.baseFilename}: {getattr(error, 'strerror', error)}; its log lines "
+                "are dropped while the disk is full.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    handler.handleError = handle_error  # type: ignore[method-assign]
+    handler._genbench_tolerates_full_disk = True  # type: ignore[attr-defined]
 
 
 def silence_library_noise() -> None:

@@ -23,6 +23,7 @@ from genbench import CONFIG_DIR
 from genbench.callbacks import ResumeCheckpoint, link_callbacks
 from genbench.callbacks.resume import cluster_callbacks
 from genbench.checkpointing import (
+    AtomicCheckpointIO,
     check_resume_compatible,
     checkpoint_dir,
     resolve_ckpt_path,
@@ -34,7 +35,7 @@ from genbench.config import build, print_config_tree
 from genbench.devices import reduced_precision_warning, resolve_precision
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
-from genbench.io import atomic_write_json, check_writable_dir
+from genbench.io import atomic_write_bytes, atomic_write_json, check_writable_dir
 from genbench.loggers import build_loggers, finish_wandb
 from genbench.models import GenerativeModel, family_of_config
 from genbench.rundir import CONFIG, RunLayout, write_failure
@@ -156,9 +157,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_loggers(cfg)
     if ckpt_path is not None:
         resume_csv_history(loggers, ckpt_path)
-    extra: dict[str, Any] = {}
-    if plugins := cluster_plugins():
-        extra["plugins"] = plugins
+    # every checkpoint is written atomically (a full disk is one line) and loaded with weights_only=True
+    extra: dict[str, Any] = {"plugins": [*cluster_plugins(), AtomicCheckpointIO()]}
     if cfg.trainer.get("strategy") == "ddp" and model.ddp_find_unused_parameters:
         extra["strategy"] = "ddp_find_unused_parameters_true"
     if any(isinstance(cb, pl.callbacks.ModelSummary) for cb in callbacks):
@@ -178,12 +178,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if rank_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / CONFIG, resolve=True)
+        atomic_write_bytes(output_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
     for logger in loggers:
         logger.log_hyperparams({**resolved, "num_parameters": model.num_parameters()})
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(
             family=model.family,

@@ -36,6 +36,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from genbench.errors import GenbenchError
+from genbench.io import atomic_write_bytes
 from genbench.rundir import RunLayout
 
 
@@ -157,7 +158,7 @@ class TrainingBudget(pl.Callback):
                 "batches": self.batches,
                 **self.training_progress(),
             }
-            out.write_text(json.dumps(report, indent=2))
+            atomic_write_bytes(out, json.dumps(report, indent=2).encode())
 
     # --- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

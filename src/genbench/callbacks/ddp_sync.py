@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench import GenbenchError
+from genbench.io import atomic_write_bytes
 
 
 def fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -54,7 +55,7 @@ class DDPSyncCheck(pl.Callback):
                 "rank_parameter_checksums": [float(row.sum()) for row in gathered["parameters"]],
             }
             Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.default_root_dir) / self.filename).write_text(json.dumps(report, indent=2))
+            atomic_write_bytes(Path(trainer.default_root_dir) / self.filename, json.dumps(report, indent=2).encode())
         if diffs["parameters"] > self.atol:
             raise GenbenchError(
                 f"DDP ranks ended with different weights (max |diff| {diffs['parameters']:.3g} > {self.atol}): "

@@ -230,18 +230,18 @@ class EvaluationCallback(pl.Callback):
         replace_last: bool = False,
     ) -> None:
         """Append to ``eval/metrics.jsonl`` (the history; ``replace_last``: amend its last line)
-        and refresh ``latest.json`` / ``final.json``."""
+        and refresh ``latest.json`` / ``final.json``. The history is rewritten whole, atomically,
+        rather than appended to: an append that meets a full disk would leave half a JSON line."""
         if not trainer.is_global_zero:
             return
         layout = RunLayout(self.run_dir(trainer))
         layout.eval_dir.mkdir(parents=True, exist_ok=True)
         history = layout.eval_history
-        if replace_last and history.is_file():
-            lines = history.read_text().splitlines()[:-1]
+        if (replace_last and history.is_file()) or append:
+            lines = history.read_text().splitlines() if history.is_file() else []
+            if replace_last:
+                lines = lines[:-1]
             atomic_write_bytes(history, "".join(f"{line}\n" for line in [*lines, json.dumps(result)]).encode())
-        elif append:
-            with open(history, "a") as f:
-                f.write(json.dumps(result) + "\n")
         atomic_write_json(layout.eval_final if final else layout.eval_latest, result)
         if final:
             atomic_write_json(layout.eval_latest, result)

@@ -29,7 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from genbench.checkpointing import promote_pending, save_last_checkpoint
+from genbench.checkpointing import promote_pending, save_last_checkpoint, use_atomic_checkpoint_io
 from genbench.cluster.environment import in_slurm_job, requeue_decision, requeue_job
 from genbench.compat import epoch_batches_done, mark_fetched_batch_unrun
 from genbench.errors import GenbenchError
@@ -100,6 +100,11 @@ class ResumeCheckpoint(pl.Callback):
         self.received.append(signum)
         request_stop(signum)  # long loops (sampling, evaluation) give up within one iteration
         log.warning("Received %s: saving last.ckpt at the next step boundary.", signal.Signals(signum).name)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Every checkpoint of a trainer that keeps a last.ckpt is written atomically and loaded
+        safely, also where the trainer was not built by genbench-train (which installs it itself)."""
+        use_atomic_checkpoint_io(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_save = time.monotonic()

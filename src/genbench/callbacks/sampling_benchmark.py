@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from genbench.callbacks.evaluation import EvaluationCallback
+from genbench.io import atomic_write_bytes
 from genbench.metrics import NOISE_METRIC, sample_uint8
 from genbench.reproducibility import preserved_training_state
 from genbench.stopping import StopRequested
@@ -124,7 +125,7 @@ class SamplingBenchmark(pl.Callback):
         except StopRequested as e:  # keep what was measured; the run is stopping
             log.warning("Sampling benchmark interrupted after %d sampler(s): %s.", len(self.results), e)
         out = Path(trainer.default_root_dir) / self.filename
-        out.write_text(json.dumps(self.results, indent=2))
+        atomic_write_bytes(out, json.dumps(self.results, indent=2).encode())
 
     def _measure_noise(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, evaluation: EvaluationCallback

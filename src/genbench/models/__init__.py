@@ -7,6 +7,7 @@ through the ``genbench.families`` entry point group (see :mod:`genbench.registry
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ for _spec in (gan.SPEC, vae.SPEC, ddpm.SPEC, flow_matching.SPEC):
     register_family(_spec)
 
 __all__ = [
+    "CHECKPOINT_SAFE_GLOBALS",
     "DDPM",
     "GAN",
     "FlowMatching",
@@ -32,6 +34,7 @@ __all__ = [
     "GenerativeModel",
     "checkpoint_family",
     "family_of_config",
+    "load_checkpoint_file",
     "load_model_from_checkpoint",
     "read_checkpoint",
 ]
@@ -44,13 +47,70 @@ def family_of_config(model_cfg: Any) -> str | None:
     return family_of_target(target) if target else None
 
 
+#: Python objects a genbench checkpoint may hold beyond what ``torch.load(weights_only=True)``
+#: accepts by itself (tensors, dtypes, dicts, OrderedDicts, lists, tuples, strings, numbers, None).
+#: None: ``get_unsafe_globals_in_checkpoint`` finds no other global in real checkpoints of every
+#: family (gan, vae, ddpm, flow_matching: their hyperparameters are plain values, the stored
+#: config is a resolved container, the RNG states are tensors and ints, ModelCheckpoint keeps its
+#: paths as strings; ``tests/test_safe_loading.py`` checks this on fresh checkpoints). An object a
+#: checkpoint must carry from now on is added here, and only a class whose unpickling runs no code.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+def load_checkpoint_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with :data:`CHECKPOINT_SAFE_GLOBALS`.
+
+    Every checkpoint genbench opens (``genbench-eval``, a resume, Lightning's own restore through
+    :class:`genbench.checkpointing.AtomicCheckpointIO`) is read here: a checkpoint is a pickle, and
+    unpickling with ``weights_only=False`` runs whatever code the file names, so a checkpoint from
+    elsewhere could run code on the machine that evaluates it. A file that names any other Python
+    object is refused with one line (:class:`GenbenchError`) before any of it is built; other
+    failures (a truncated or foreign file) are raised as they are, for the caller to word."""
+    with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            unsafe = _unsafe_globals(path)
+            if not unsafe:
+                raise pickle.UnpicklingError(_weights_only_reason(str(e))) from None
+            raise GenbenchError(
+                f"Refusing checkpoint {path}: it holds Python objects genbench does not load ({', '.join(unsafe)}), "
+                "and unpickling them could run arbitrary code. Only use checkpoints you trust; to use a trusted "
+                "one, re-save it with tensors and plain values only (its state_dict and the config genbench-train "
+                "stores), or train it again with genbench-train."
+            ) from None
+
+
+def _unsafe_globals(path: str | Path) -> list[str]:
+    """The globals of a checkpoint outside the allowlist, read from its pickle opcodes without
+    running them (empty for a file that is not a torch.save zip: such a file is corrupt instead)."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in CHECKPOINT_SAFE_GLOBALS}
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, unreadable: not a question of globals
+        return []
+
+
+def _weights_only_reason(message: str) -> str:
+    """The reason inside torch's long weights_only message ("Unsupported operand 103"), which
+    otherwise tells the user to retry with weights_only=False: the one thing genbench must not do."""
+    marker = "WeightsUnpickler error:"
+    if marker not in message:
+        return message.splitlines()[0] if message else "not a checkpoint"
+    reason = message.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(reason.split()) or "not a checkpoint"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU, turning every way it can be broken into one clear error."""
+    """Load a checkpoint file on the CPU, safely (:func:`load_checkpoint_file`), turning every way
+    it can be broken into one clear error."""
     path = Path(path)
     if not path.is_file():
         raise GenbenchError(f"Checkpoint {path} does not exist. Pass ckpt_path=<run dir>/checkpoints/last.ckpt.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(path)
+    except GenbenchError:
+        raise
     except Exception as e:  # truncated zip, pickle garbage, wrong file type...
         raise GenbenchError(
             f"Checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: {e}). "
