@@ -214,3 +214,20 @@ def test_training_on_a_full_disk_stops_with_one_line_and_resumes(
     assert f"Resuming from {last}" in r.stdout
     assert read_checkpoint(last)["global_step"] == 12
     assert leftovers(run) == []
+
+
+def test_the_leaderboard_on_a_full_disk_keeps_the_previous_one(small_disk) -> None:
+    """genbench-compare and the benchmark rewrite leaderboard.{json,md,csv}: on a full disk each
+    write fails in one line and the previous files stay whole (no half-written table)."""
+    from genbench.report.leaderboard import write_leaderboard
+
+    disk = small_disk("256k")
+    rows = [{"family": "vae", "status": "ok", "fid": 18.4, "seeds": [0]}]
+    paths = write_leaderboard(rows, disk)
+    before = {k: sha256(p) for k, p in paths.items()}
+    assert "vae" in paths["csv"].read_text() and "18.4" in paths["md"].read_text()
+    fill(disk / "filler")
+    big = [{"family": f"vae{i}", "status": "ok", "fid": float(i), "note": "x" * 200, "seeds": [0]} for i in range(2000)]
+    with pytest.raises(NoSpaceError, match="leaderboard.json"):
+        write_leaderboard(big, disk)
+    assert {k: sha256(p) for k, p in paths.items()} == before and leftovers(disk) == []

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import statistics
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from genbench.errors import GenbenchError
+from genbench.io import atomic_write_bytes
 from genbench.metrics.catalogue import CATALOGUE, EXTRA_COLUMNS, HEADLINE, Metric, aggregated, metric
 from genbench.registry import family_sort_key, find_family
 from genbench.report.collect import RunResult
@@ -571,8 +573,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_leaderboard(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "leaderboard.json", "csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md"}
-    paths["json"].write_text(json.dumps(rows, indent=2, default=str))
-    paths["md"].write_text(markdown_table(rows))
+    # atomically: a full disk or a kill leaves the previous leaderboard, never half of a new one
+    atomic_write_bytes(paths["json"], json.dumps(rows, indent=2, default=str).encode())
+    atomic_write_bytes(paths["md"], markdown_table(rows).encode())
     flat = []
     for r in rows:
         flat_row = {k: v for k, v in r.items() if not isinstance(v, dict | list)}
@@ -585,8 +588,9 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Pa
         flat_row["errors"] = " | ".join(r.get("errors", []))
         flat.append(flat_row)
     fields = list(dict.fromkeys(k for row in flat for k in row))
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_bytes(paths["csv"], buffer.getvalue().encode())
     return paths
