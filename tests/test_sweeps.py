@@ -3,12 +3,18 @@ that run before submission, and resume details (CSV history, W&B run id) that re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -16,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from conftest import QUIET, TINY, run_cli, vae_sweep
-from genbench import CONFIG_DIR, GenbenchError
+from genbench import CONFIG_DIR, PROJECT_ROOT, GenbenchError
 from genbench.cluster import check_launcher
 from genbench.train import train
 
@@ -53,18 +59,36 @@ def test_hparams_search_configs_compose_and_name_a_logged_metric(family: str, me
             node = node[part]
 
 
-@pytest.mark.slow
-def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    res = run_cli(
-        "genbench.train",
+def optuna_sweep(log_dir: Path, sweep: Path, n_trials: int, **kwargs) -> subprocess.CompletedProcess:
+    """`genbench-train hparams_search=vae_optuna` of tiny VAEs, its study stored under ``log_dir``."""
+    return run_cli("genbench.train", *optuna_args(log_dir, sweep, n_trials), **kwargs)
+
+
+def optuna_args(log_dir: Path, sweep: Path, n_trials: int) -> list[str]:
+    return [
         "hparams_search=vae_optuna",
         *QUIET,
         *TINY["vae"][:2],
-        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.n_trials={n_trials}",
         "hydra.sweeper.n_jobs=1",
+        f"paths.log_dir={log_dir}",
         f"hydra.sweep.dir={sweep}",
-    )
+    ]
+
+
+def stored_trials(db: Path, study: str = "vae") -> list[optuna.trial.FrozenTrial]:
+    """The trials of ``study`` in the SQLite file ``db``, read as a user would (optuna.load_study)."""
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials()
+
+
+def complete(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = optuna_sweep(tmp_path / "out", sweep, n_trials=2)
     assert res.returncode == 0, res.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
@@ -81,6 +105,55 @@ def test_optuna_sweep_of_two_trials_writes_its_results(tmp_path: Path) -> None:
     ]
     assert all("model.optimizer.lr" in s and "model.beta" in s for s in sampled)
     assert sampled[0]["model.optimizer.lr"] != sampled[1]["model.optimizer.lr"]
+
+    # the study is on disk, under the outputs: a second invocation of the same search continues it.
+    # n_trials is the size of the whole study, so n_trials=3 runs exactly one more trial.
+    db = tmp_path / "out" / "optuna" / "vae.db"
+    assert [t.value for t in complete(stored_trials(db))] == pytest.approx(values)
+    sweep2 = tmp_path / "sweep2"
+    res = optuna_sweep(tmp_path / "out", sweep2, n_trials=3)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 of 3 trials finished, 1 to run" in res.stdout + res.stderr
+    assert [p.name for p in sweep2.iterdir() if p.is_dir() and p.name.isdigit()] == ["0"]
+    new_value = json.loads((sweep2 / "0" / "metrics.json").read_text())["val/neg_elbo"]
+    stored = complete(stored_trials(db))
+    assert [t.value for t in stored] == pytest.approx([*values, new_value])
+    results = yaml.safe_load((sweep2 / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(t.value for t in stored))  # best of both runs
+
+
+@pytest.mark.slow
+def test_killed_optuna_sweep_resumes_with_its_finished_trials(tmp_path: Path) -> None:
+    """SIGKILL the whole sweep once one trial is stored; the same command again finishes the study."""
+    log_dir, db = tmp_path / "out", tmp_path / "out" / "optuna" / "vae.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    args = [sys.executable, "-m", "genbench.train", *optuna_args(log_dir, tmp_path / "sweep1", n_trials=3)]
+    proc = subprocess.Popen(
+        args, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    before: list[optuna.trial.FrozenTrial] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with contextlib.suppress(Exception):  # no file or no study yet, or the writer holds it
+                before = complete(stored_trials(db))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert before, "the sweep ended or stalled before its first trial was stored"
+    done = len(complete(stored_trials(db)))
+    assert done < 3, "the sweep finished before it could be killed"
+
+    res = optuna_sweep(log_dir, tmp_path / "sweep2", n_trials=3)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{done} of 3 trials finished, {3 - done} to run" in res.stdout + res.stderr
+    after = complete(stored_trials(db))
+    assert len(after) == 3
+    kept = {t.number: (t.params, t.value) for t in after}
+    assert all(kept[t.number] == (t.params, t.value) for t in before)  # the finished trial is still there
+    results = yaml.safe_load((tmp_path / "sweep2" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(t.value for t in after))
 
 
 # --- submitit local launcher --------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 * :mod:`~genbench.cluster.preflight`: checks of that request before anything is submitted;
 * :mod:`~genbench.cluster.launcher`: the SLURM launcher, which reports jobs that ended without a
   result instead of waiting for them forever;
+* :mod:`~genbench.cluster.optuna_sweeper`: the Optuna sweeper of ``hparams_search``, whose study
+  is stored on disk and counted as a whole, so a killed search resumes;
 * :mod:`~genbench.cluster.environment`: what a run does differently inside a SLURM job (the
   requeue decision, Lightning's SLURM environment without its own auto-requeue, the restart count).
 
