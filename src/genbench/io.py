@@ -4,14 +4,13 @@ A sweep starts many jobs at once that all want the same in-domain extractor and 
 statistics, and a job can be killed at any instant (preemption, ``kill -9``). Everything genbench
 writes that another process may read goes through here, so no reader ever sees a half-written
 file: writes go to a temporary file in the same directory that is renamed into place (atomic on
-POSIX), and work that must happen once is done under an exclusive ``flock`` whose holder
-re-checks the cache after acquiring it.
+POSIX), and work that must happen once is done under an exclusive lock file (created with
+``O_EXCL``, so it also holds on NFS) whose holder re-checks the cache after acquiring it.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -19,7 +18,9 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -35,35 +36,130 @@ log = logging.getLogger("genbench")
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-@contextmanager
-def file_lock(path: str | Path, what: str = "a shared cache entry") -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+#: a lock whose heartbeat (the lock file's mtime) is older than this is taken to be abandoned
+#: when its owner cannot be checked (another host, or a pid that may have been reused)
+LOCK_STALE_S = 120.0
+#: how often a waiter looks at the lock again
+LOCK_POLL_S = 0.5
 
-    ``flock`` is released by the kernel when the process dies, so a killed job never leaves a
-    stale lock behind (unlike lock files that are created and deleted): a leftover file is just
-    an unlocked file. A process that has to wait says so, naming ``what`` and the holder's pid
-    (written into the file by each holder), and says again when it got the lock, so a long wait
-    is never silent."""
+
+def _lock_owner(path: Path) -> tuple[int, str, str] | None:
+    """``(pid, host, token)`` written by the lock's holder, or None (no file, or not written yet)."""
+    try:
+        pid, host, token = path.read_text().split()
+        return int(pid), host, token
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _stale_reason(path: Path, owner: tuple[int, str, str] | None, stale_after: float) -> str | None:
+    """Why the lock at ``path`` is abandoned, or None while its holder may still be alive.
+
+    On this host a dead pid is certain, so such a lock is stale at once. A holder on another host
+    cannot be asked, so there only the heartbeat counts: the holder touches the file every
+    ``stale_after / 8`` s, and a file untouched for ``stale_after`` s belongs to a dead or frozen
+    process. The heartbeat rule applies on this host too, for a pid that was reused by another
+    process, and to a file whose creator died before writing its name into it."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None  # released meanwhile: just try again
+    if owner is not None and owner[1] == socket.gethostname() and not _pid_alive(owner[0]):
+        return f"process {owner[0]} is no longer running"
+    if age > stale_after:
+        return f"its heartbeat stopped {age:.0f} s ago"
+    return None
+
+
+def _break_stale_lock(path: Path, owner: tuple[int, str, str] | None) -> None:
+    """Remove the abandoned lock ``path`` without ever removing a live one.
+
+    Two waiters can find the same lock stale; the slower one must not delete the lock that the
+    faster one has meanwhile created. So the file is first renamed to a name of our own (atomic,
+    also on NFS), and deleted only if it is still the stale owner's file; otherwise it is put back
+    with ``link`` (which, unlike ``rename``, never overwrites a lock created in between)."""
+    aside = path.with_name(f"{path.name}.stale.{secrets.token_hex(4)}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _lock_owner(aside) == owner:
+        aside.unlink(missing_ok=True)
+        return
+    with suppress(FileExistsError, FileNotFoundError):
+        os.link(aside, path)
+    aside.unlink(missing_ok=True)
+
+
+def _heartbeat(path: Path, every: float, stop: threading.Event) -> None:
+    """Touch ``path`` every ``every`` s until ``stop`` is set, so other hosts see the holder alive."""
+    while not stop.wait(every):
+        with suppress(OSError):
+            os.utime(path)
+
+
+@contextmanager
+def file_lock(
+    path: str | Path, what: str = "a shared cache entry", stale_after: float = LOCK_STALE_S
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block: the file exists exactly while it is held.
+
+    The cache this protects is often on a cluster's shared file system (NFS, Lustre), where
+    ``flock`` may be local to one machine or not supported at all. So the lock is a file created
+    with ``O_CREAT | O_EXCL``, which is atomic on local disks and NFSv3 or later: exactly one
+    process on any host creates it. The holder writes its pid, host and a random token into it and
+    touches it every ``stale_after / 8`` s from a daemon thread (the heartbeat), and deletes it
+    when the block ends. A process killed while holding it leaves the file behind, so a lock is
+    broken when it is stale (see :func:`_stale_reason`): at once when its pid on this host is dead,
+    after ``stale_after`` s without a heartbeat otherwise. A process that has to wait says so,
+    naming ``what`` and the holder, and says again when it got the lock, so a long wait is never
+    silent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    me = f"{os.getpid()} {socket.gethostname()} {secrets.token_hex(8)}\n"
+    waiting_since: float | None = None
+    while True:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            log.warning("Waiting for %s: process %s is computing it (lock %s).", what, holder, path)
-            start = time.monotonic()
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            log.warning("Got the lock for %s after %.0f s.", what, time.monotonic() - start)
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            reason = _stale_reason(path, owner, stale_after)
+            holder = f"{owner[0]} on {owner[1]}" if owner else "?"
+            if reason is not None:
+                log.warning("Removing the stale lock %s of process %s: %s.", path, holder, reason)
+                _break_stale_lock(path, owner)
+                continue
+            if waiting_since is None:
+                log.warning("Waiting for %s: process %s is computing it (lock %s).", what, holder, path)
+                waiting_since = time.monotonic()
+            time.sleep(LOCK_POLL_S)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    if waiting_since is not None:
+        log.warning("Got the lock for %s after %.0f s.", what, time.monotonic() - waiting_since)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(path, stale_after / 8, stop), daemon=True, name="lock-heartbeat")
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with suppress(OSError):
+            if path.read_text() == me:  # still ours (not broken as stale by someone else)
+                path.unlink()
 
 
 def sha256_file(path: str | Path) -> str:
