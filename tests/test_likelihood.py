@@ -336,3 +336,35 @@ def test_ddpm_reports_its_ode_bound_beside_the_variational_one() -> None:
     assert on["bpd"] == on["bpd_vlb"] == off["bpd"]  # the variational bound stays the headline, unchanged
     assert math.isfinite(on["bpd_ode"]) and on["bpd_ode"] > 0 and "bpd_ode" not in off
     assert "probability-flow ODE bound (Heun 2 steps" in on["likelihood"] and "ODE" not in off["likelihood"]
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_ddpm_bounds_do_not_depend_on_how_the_prediction_is_expressed(prediction: str) -> None:
+    """A v- (or x0-) network that outputs exactly what an eps-network implies is the same model: its
+    variational bound and its ODE bound must equal the eps-model's, so the bounds read every
+    parameterisation correctly (and the loss weighting, a training choice, changes neither)."""
+    eps_model = build_model("ddpm", "model.schedule.timesteps=10", "model.schedule.kind=cosine").eval()
+    other = build_model(
+        "ddpm", "model.schedule.timesteps=10", "model.schedule.kind=cosine", f"model.prediction={prediction}",
+        "model.loss_weighting=min_snr",
+    ).eval()  # fmt: skip
+    s = eps_model.schedule
+    eps_net = eps_model.ema.shadow
+
+    class Expressed(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            eps = eps_net(x, t)
+            sigma = s.t_to_sigma(t.double()).view(-1, 1, 1, 1).to(x)  # fractional t: the ODE bound's
+            a, b = 1 / (1 + sigma**2).sqrt(), sigma / (1 + sigma**2).sqrt()
+            x0 = (x - b * eps) / a
+            return x0 if prediction == "x0" else a * eps - b * x0
+
+    other.ema.shadow = Expressed()
+    x = images(2).float() / 127.5 - 1
+    cfg = LikelihoodConfig(timesteps=10, ode=True, ode_steps=3)
+    with torch.no_grad():
+        want = eps_model.likelihood_bounds(x, cfg, torch.Generator().manual_seed(4))
+        got = other.likelihood_bounds(x, cfg, torch.Generator().manual_seed(4))
+    assert set(got) == {"vlb", "ode"}
+    for key in got:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-2)

@@ -361,3 +361,11 @@ def test_verdict_compares_families_at_equal_nfe_and_at_their_best(tmp_path: Path
     assert "best sampler: vae 20.0 (default, 1 NFE), flow_matching 21.0 (euler-25, 25 NFE)" in text
     assert "ddpm 46.0 (edm_heun-19, 19 NFE)" in text
     assert _nfe_sentence(runs[:1]) is None
+
+
+def test_the_protocol_names_a_sampler_by_its_own_short_name() -> None:
+    from genbench.report.build import _sampler_name
+
+    assert _sampler_name("genbench.diffusion.DPMSolverSampler") == "dpmpp_2m"  # the class's ``name``
+    assert _sampler_name("genbench.flow.EulerSolver") == "euler"
+    assert _sampler_name("not_installed.plugin.QuadSampler") == "quad"  # a class that cannot be imported here

@@ -177,6 +177,19 @@ def _sampler_text(run: RunResult) -> str:
     return text
 
 
+def _sampler_name(target: str) -> str:
+    """The short name a sampler class gives itself (``name``: ddim, dpmpp_2m, euler...), or, for a
+    class that cannot be imported here, its class name without the Sampler/Solver suffix."""
+    import importlib
+
+    module, _, attr = target.rpartition(".")
+    try:
+        name = getattr(getattr(importlib.import_module(module), attr), "name", None)
+    except (ImportError, AttributeError, ValueError):  # a plug-in's class not installed where the report is built
+        name = None
+    return str(name) if name else target.rsplit(".", 1)[-1].removesuffix("Sampler").removesuffix("Solver").lower()
+
+
 def _used_sampler_text(run: RunResult) -> str:
     used = run.final.get("sampler")
     if isinstance(used, dict):
@@ -189,7 +202,7 @@ def _used_sampler_text(run: RunResult) -> str:
     # the evaluation's sampler applies only to a family that has samplers (the others ignore it)
     for cfg in (ev_sampler, model_sampler) if model_sampler else ():
         if isinstance(cfg, dict) and cfg.get("_target_"):
-            name = str(cfg["_target_"]).rsplit(".", 1)[-1].removesuffix("Sampler").lower()
+            name = _sampler_name(str(cfg["_target_"]))
             return f"{name} {cfg['steps']} steps" if cfg.get("steps") else name
     if run.sampling and run.sampling[0].get("sampler") not in (None, "default"):
         return str(run.sampling[0]["sampler"])
