@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """CPU training speed in fp32 vs bf16-mixed, per family: the numbers behind ``trainer.precision:
-auto`` on a CPU (``genbench.devices.CPU_BF16_SPEEDUP``) and docs/performance.md.
+auto`` on a CPU (each family's ``FamilySpec.cpu_bf16_speedup``) and docs/performance.md.
 
     python scripts/perf_precision.py                       # every family, 1 thread and all threads
     python scripts/perf_precision.py --families ddpm --threads 1 --profile

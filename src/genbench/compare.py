@@ -5,7 +5,7 @@ genbench-compare outputs/train/runs/a outputs/train/runs/b --out outputs/compare
 genbench-compare outputs/train/multiruns/lr_sweep --group-by family
 
 Runs of a family that were started with different settings (a sweep over the learning rate, say)
-get a row each, named by the overrides that differ (``vae (model.optimizer.lr=0.001)``); only
+get a row each, named by the overrides that differ (``<family> (model.optimizer.lr=0.001)``); only
 runs that differ in their seed alone are averaged into one row's mean and interval.
 ``--group-by family`` pools every run of a family into one row instead.
 

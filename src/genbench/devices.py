@@ -5,7 +5,7 @@
 * on a GPU, ``bf16-mixed`` where the GPU supports bf16 (Ampere and newer), else ``16-mixed``;
 * on a CPU, ``bf16-mixed`` only where the CPU has native bf16 instructions (x86: AVX512-BF16 or
   AMX-BF16; Arm: the BF16 extension) *and* bf16 autocast was measured to train that family
-  faster (:data:`CPU_BF16_SPEEDUP`), else ``32-true``. Without native bf16 instructions oneDNN
+  faster (:func:`cpu_bf16_speedups`), else ``32-true``. Without native bf16 instructions oneDNN
   emulates bf16 and a training step is many times slower; with them, the gain depends on how much
   of a family's step is matmuls and convolutions, so it is measured per family, not assumed.
 """
@@ -33,17 +33,18 @@ X86_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 #: /proc/cpuinfo "Features" of Arm CPUs with the BF16 extension (BFDOT/BFMMLA; SVE's variant)
 ARM_BF16_FLAGS = ("bf16", "svebf16")
 
-#: bf16-mixed / fp32 training images/s per family on a CPU with native bf16, as measured by
-#: ``scripts/perf_precision.py`` (genbench's LightningModule step at the cpu benchmark's sizes, one
-#: thread, median of interleaved rounds; docs/performance.md, "Precision on the CPU"), on an Intel
-#: Xeon with AMX-BF16 + AVX512-BF16 (2 vCPUs, torch 2.14). A family missing here (e.g. one from
-#: another package) trains in fp32 under ``auto`` on a CPU: no gain has been shown for it.
-CPU_BF16_SPEEDUP: dict[str, float] = {
-    "gan": 2.02,
-    "vae": 1.49,
-    "ddpm": 1.42,
-    "flow_matching": 1.41,
-}
+
+def cpu_bf16_speedups() -> dict[str, float]:
+    """bf16-mixed / fp32 training images/s per family on a CPU with native bf16: each family's
+    ``FamilySpec.cpu_bf16_speedup``, as ``scripts/perf_precision.py`` measured it (genbench's
+    LightningModule step at the cpu benchmark's sizes, one thread, median of interleaved rounds;
+    docs/performance.md, "Precision on the CPU"). A family that declares none (e.g. one from another
+    package) trains in fp32 under ``auto`` on a CPU: no gain has been shown for it."""
+    from genbench.registry import families
+
+    return {name: spec.cpu_bf16_speedup for name, spec in families().items() if spec.cpu_bf16_speedup}
+
+
 #: the least measured speed-up for which ``auto`` picks bf16 on a CPU: below it the gain is within
 #: the run-to-run noise of a shared machine and not worth bf16's coarser arithmetic
 CPU_BF16_MIN_SPEEDUP = 1.10
@@ -163,14 +164,14 @@ def choose_precision(
 
     GPU: bf16-mixed where the GPU supports it, else 16-mixed. CPU: bf16-mixed only with native
     bf16 and a measured speed-up of at least ``min_speedup`` for the family (``speedups``,
-    default :data:`CPU_BF16_SPEEDUP`), else 32-true."""
+    default :func:`cpu_bf16_speedups`), else 32-true."""
     if device_type == "cuda":
         if cuda_bf16:
             return PrecisionChoice("bf16-mixed", "the GPU supports bf16")
         return PrecisionChoice("16-mixed", "the GPU does not support bf16")
     if not cpu_bf16.native:
         return PrecisionChoice("32-true", f"the CPU has {cpu_bf16}: bf16 would be emulated, many times slower")
-    table = CPU_BF16_SPEEDUP if speedups is None else speedups
+    table = cpu_bf16_speedups() if speedups is None else speedups
     gain = table.get(family or "")
     if gain is None:
         return PrecisionChoice("32-true", f"the CPU has {cpu_bf16}, but bf16 was never measured for family {family}")

@@ -65,6 +65,9 @@ class FamilySpec:
             (test suite, ``scripts/gpu_check.py --tiny``).
         schema_rules: config rules (``genbench.schema.Rule``) for this family's own keys.
         find_unused_parameters: DDP must look for parameters a backward pass did not reach.
+        cpu_bf16_speedup: bf16-mixed / fp32 training speed of this family on a CPU with native bf16,
+            as ``scripts/perf_precision.py`` measured it; ``trainer.precision=auto`` reads it there
+            (None: never measured, so such a CPU trains the family in fp32).
     """
 
     name: str
@@ -83,6 +86,7 @@ class FamilySpec:
     tiny_overrides: tuple[str, ...] = ()
     schema_rules: tuple[Rule, ...] = field(default_factory=tuple)
     find_unused_parameters: bool = False
+    cpu_bf16_speedup: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name[0].isalpha():

@@ -277,6 +277,7 @@ SPEC = FamilySpec(
     prediction="eps",
     samplers=True,
     default_sampler="ddim",
+    cpu_bf16_speedup=1.42,  # measured on an Intel Xeon with AMX-BF16 (docs/performance.md)
     tiny_overrides=(
         "model.net.base_channels=8",
         "model.net.channel_mults=[1,2]",

@@ -367,7 +367,7 @@ def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path)
         found += [(run.family, kind, title, p) for kind, title, p in candidates if p is not None and Path(p).is_file()]
     out = []
     for group, kind, title, path in found:
-        # a sweep point's name ("vae (model.optimizer.lr=0.001)") as a file name without spaces or slashes
+        # a sweep point's name ("<family> (model.optimizer.lr=0.001)") as a file name without spaces or slashes
         name = "real" if kind == "real" else re.sub(r"[^\w.=-]+", "_", group).strip("_") + f"_{kind}"
         enlarged = upscale(path, out_dir / "grids" / f"{name}.png", factor)
         out.append({"group": group, "kind": kind, "title": title, "path": enlarged, "factor": factor})

@@ -3,7 +3,7 @@ cost and load figures, the real-vs-real floor, and (with several seeds) a spread
 
 Runs of one family that were started with different settings (a sweep's points: another learning
 rate, another latent size) are different models, not seeds of one: they get a row each, named by
-the overrides that differ (``vae (model.optimizer.lr=0.001)``), and only runs that differ in seed
+the overrides that differ (``<family> (model.optimizer.lr=0.001)``), and only runs that differ in seed
 alone are averaged (:func:`group_runs`; ``group_by="family"`` pools every run of a family, as a
 benchmark of one configuration per family does anyway).
 
@@ -232,7 +232,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 def _lookup(config: Mapping[str, Any], key: str) -> Any:
     """The value at dotted ``key`` in a run's config, or a sentinel when it is not a plain value
-    there (a config group such as ``model=vae`` names a whole section)."""
+    there (a config group such as ``model=<family>`` names a whole section)."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -314,7 +314,7 @@ class RunGroup:
 
     @property
     def label(self) -> str:
-        """The row's name: ``vae (model.optimizer.lr=0.001)``, or just ``vae``."""
+        """The row's name: ``<family> (model.optimizer.lr=0.001)``, or just ``<family>``."""
         return f"{self.family} ({self.config})" if self.overrides else self.family
 
 
