@@ -24,7 +24,7 @@ from genbench import GenbenchError
 from genbench.diffusion import DDIMSampler, NoiseSchedule, Sampler
 from genbench.diffusion.schedule import _extract, check_prediction, to_x0_eps
 from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
-from genbench.flow.likelihood import dequantised_nll, ode_log_likelihood
+from genbench.flow.likelihood import ode_nll_bound
 from genbench.models.base import OptimizerFactory, SchedulerFactory
 from genbench.models.ema_regression import EMARegressionModel
 from genbench.registry import FamilySpec
@@ -255,13 +255,8 @@ class DDPM(EMARegressionModel):
         bounds = {"vlb": self.vlb_prior(x) + total * (T / k)}
         if cfg.ode:
             net = self.ema.shadow
-
-            def log_density(y: torch.Tensor) -> torch.Tensor:
-                return ode_log_likelihood(
-                    lambda z, tau: self.ode_velocity(net, z, tau), y, steps=cfg.ode_steps, generator=generator
-                )
-
-            bounds["ode"] = dequantised_nll(log_density, x, generator)
+            velocity = lambda z, tau: self.ode_velocity(net, z, tau)  # noqa: E731
+            bounds["ode"] = ode_nll_bound(velocity, x, cfg.ode_steps, generator)
         return bounds
 
 

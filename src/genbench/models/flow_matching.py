@@ -22,7 +22,7 @@ from torch import nn
 from genbench.distributions import LikelihoodConfig
 from genbench.errors import GenbenchError
 from genbench.flow import CondOTPath, EulerSolver, ODESolver, TimeSampler
-from genbench.flow.likelihood import dequantised_nll, ode_log_likelihood
+from genbench.flow.likelihood import ode_nll_bound
 from genbench.models.base import OptimizerFactory, SchedulerFactory
 from genbench.models.ema_regression import EMARegressionModel
 from genbench.registry import FamilySpec
@@ -104,13 +104,7 @@ class FlowMatching(EMARegressionModel):
         """-log P(x) per image (nats), bounded through the probability-flow ODE of the EMA network
         with uniform dequantisation (genbench.flow.likelihood): ``ode``."""
         net = self.ema.shadow
-
-        def log_density(y: torch.Tensor) -> torch.Tensor:
-            return ode_log_likelihood(
-                lambda z, t: self.velocity(net, z, t), y, steps=cfg.ode_steps, generator=generator
-            )
-
-        return {"ode": dequantised_nll(log_density, x, generator)}
+        return {"ode": ode_nll_bound(lambda z, t: self.velocity(net, z, t), x, cfg.ode_steps, generator)}
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
