@@ -187,6 +187,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.val_fraction", number(0, 1, hi_open=True), "0.1"),
     Rule("data.test_fraction", number(0, 1, hi_open=True), "0.1"),
     Rule("data.limit_train", integer(1, null=True), "1000"),
+    Rule("data.num_classes", integer(2, null=True), "10"),
+    Rule("model.conditional", boolean(), "true"),
     Rule("data.num_train", integer(1), "512"),
     Rule("data.num_test", integer(1), "256"),
     Rule("data.seed", integer(0, MAX_SEED), "0"),

@@ -135,12 +135,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, f"datamodule '{cfg.data._target_}'")
+    if cfg.model.get("conditional") and cfg.model.get("num_classes") is None:
+        with open_dict(cfg):  # data.num_classes: null means "as many as the labels name"
+            cfg.model.num_classes = datamodule.num_classes
     model: GenerativeModel = build(cfg.model, f"model '{cfg.model._target_}'")
     if model.image_shape != tuple(datamodule.image_shape):
         raise GenbenchError(
             f"The model is built for images {model.image_shape} but data gives {tuple(datamodule.image_shape)}: "
             "take model.channels / model.image_size from data (the default interpolation)."
         )
+    if model.num_classes is not None:
+        datamodule.check_labels(model.num_classes)
     apply_auto_precision(cfg, model.family, announce=rank_zero)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model.genbench_config = {key: resolved[key] for key in ("model", "data", "seed")}

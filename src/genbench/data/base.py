@@ -101,8 +101,11 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: int = 1234,
         limit_train: int | None = None,
         pin_memory: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        #: the class count a conditional model is built for (None: read from the labels at setup)
+        self._num_classes = num_classes
         self.image_size = image_size
         self.channels = channels
         self.batch_size = batch_size
@@ -126,6 +129,30 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        """How many classes the labels name (``data.num_classes``, else 1 + the largest training
+        label; None for unlabelled data)."""
+        if self._num_classes is not None:
+            return int(self._num_classes)
+        labels = self.dataset("train").labels
+        return None if len(labels) == 0 or int(labels.min()) < 0 else int(labels.max()) + 1
+
+    def check_labels(self, num_classes: int) -> None:
+        """A conditional model with ``num_classes`` classes needs every label in 0..num_classes-1."""
+        for split in SPLITS:
+            labels = self.dataset(split).labels
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+                raise GenbenchError(
+                    f"{self.name}: the {split} split's labels run {int(labels.min())}..{int(labels.max())}, but the "
+                    f"conditional model has {num_classes} classes (0..{num_classes - 1}): "
+                    + (
+                        "this data has no labels; set model.conditional=false."
+                        if int(labels.min()) < 0
+                        else "set data.num_classes to the data's class count."
+                    )
+                )
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return fit_channels(fit_size(images, self.image_size), self.channels)

@@ -3,6 +3,15 @@
 Every family implements ``_sample_batch(n, generator)``; callers use ``sample(n, generator=None)``
 which returns ``n`` images shaped like the data, float32 in [-1, 1], on the module's device. The
 evaluation callback, ``genbench-eval`` and the benchmark rely on nothing else.
+
+Class conditioning is part of the same contract. A family that can be conditioned takes
+``conditional`` and ``num_classes`` (``model.conditional=true``; the class count comes from
+``data.num_classes``) and calls :meth:`GenerativeModel.enable_conditioning` in its constructor.
+``sample(n, labels=...)`` then asks for classes: a conditional model's ``_sample_batch`` receives
+``labels=`` (a long tensor of the chunk's classes on the module's device); an unconditional
+model's never does, and asking it for a class is an error. A conditional model asked for no class
+draws the classes in turn (0, 1, ..., K-1, 0, ...), so its unconditional metrics score a
+class-balanced sample.
 """
 
 from __future__ import annotations
@@ -100,6 +109,9 @@ class GenerativeModel(pl.LightningModule):
         self._step_clock: list[float] = []
         #: seconds the first training step spent compiling (model.compile), once measured
         self.compile_seconds: float | None = None
+        #: the number of classes a conditional model is asked for (None: unconditional); see
+        #: enable_conditioning
+        self.num_classes: int | None = None
         #: the resolved Hydra config (model + data) saved in checkpoints, so that a checkpoint
         #: alone rebuilds its model (see genbench.models.load_model_from_checkpoint)
         self.genbench_config: dict[str, Any] | None = None
@@ -139,23 +151,81 @@ class GenerativeModel(pl.LightningModule):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
 
+    # --- class conditioning ------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """Whether the model can be asked for a class (``model.conditional=true``)."""
+        return self.num_classes is not None
+
+    def enable_conditioning(self, conditional: bool, num_classes: int | None) -> int | None:
+        """Make the model class-conditional with ``num_classes`` classes when ``conditional`` (a
+        family's constructor calls it before building its class embeddings); returns the class
+        count, or None for an unconditional model."""
+        if not conditional:
+            self.num_classes = None
+            return None
+        if num_classes is None or int(num_classes) < 2:
+            raise GenbenchError(
+                f"model.conditional=true needs at least 2 classes, got num_classes={num_classes}: use labelled data "
+                "(data.num_classes, e.g. fashion_mnist's 10) or set model.conditional=false."
+            )
+        self.num_classes = int(num_classes)
+        return self.num_classes
+
+    def class_labels(self, n: int, labels: Any = None) -> torch.Tensor | None:
+        """The ``n`` classes ``sample(n, labels=...)`` asks for, as a CPU long tensor: ``labels`` may be
+        one class for all, or a sequence/tensor of ``n``. None for an unconditional model; a
+        conditional model asked for nothing gets the classes in turn (a class-balanced sample)."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise GenbenchError(
+                    f"This {self.family} is unconditional and cannot be asked for classes: train it with "
+                    "model.conditional=true, or sample without labels."
+                )
+            return None
+        if labels is None:
+            return torch.arange(n) % self.num_classes
+        if isinstance(labels, int):
+            labels = torch.full((n,), labels, dtype=torch.long)
+        labels = torch.as_tensor(labels).detach().to("cpu")
+        if labels.ndim != 1 or len(labels) != n or labels.is_floating_point():
+            raise GenbenchError(
+                f"sample(n={n}, labels=...) needs one integer class or {n} of them, got {labels.dtype} of shape {tuple(labels.shape)}."
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise GenbenchError(
+                f"Classes must lie in 0..{self.num_classes - 1} for this {self.family}, got {labels.min()}..{labels.max()}."
+            )
+        return labels.long()
+
     # --- the sampling contract ---------------------------------------------------------------
     def _sample_batch(self, n: int, generator: torch.Generator | None, **kwargs: Any) -> torch.Tensor:
         """Draw n images (any float dtype, roughly in [-1, 1]) with gradients off and eval mode on.
-        Every family implements it; ``sample()`` is the contract callers use."""
+        Every family implements it; ``sample()`` is the contract callers use. A conditional model
+        also receives ``labels=`` (the chunk's classes, a long tensor on the module's device)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _sample_batch(n, generator).")
 
-    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
         """Draw ``n`` images in [-1, 1], in chunks of ``sample_batch_size``, leaving the module's
         train/eval mode as it found it. Randomness comes from ``generator`` when given, so a fixed
-        generator gives the same images on every call.
+        generator gives the same images on every call. ``labels`` asks a conditional model for
+        classes (one for all, or one per image; see :meth:`class_labels`).
 
         The networks run under ``torch.inference_mode`` (no autograd graph, no version counters);
         the chunks are joined outside it, so callers get an ordinary tensor they may modify in place."""
         if n < 1:
             raise GenbenchError(f"sample(n) needs n >= 1, got {n}.")
+        classes = self.class_labels(n, labels)
+
+        def chunk(start: int, b: int) -> torch.Tensor:
+            if classes is not None:
+                kwargs["labels"] = classes[start : start + b].to(self.device)
+            return self._sample_batch(b, generator, **kwargs)
+
         with torch.inference_mode():
-            chunks = self._in_chunks(n, lambda start, b: self._sample_batch(b, generator, **kwargs))
+            chunks = self._in_chunks(n, chunk)
         return torch.cat(chunks)
 
     def _in_chunks(self, n: int, make: Callable[[int, int], torch.Tensor]) -> list[torch.Tensor]:
