@@ -47,9 +47,11 @@ class Evaluator:
         split: str = "custom",
         train_images: torch.Tensor | None = None,
         test_images: torch.Tensor | None = None,
+        test_labels: torch.Tensor | None = None,
     ) -> None:
         """``train_images``: the training subset memorisation compares against (None: no
-        memorisation); ``test_images``: the held-out images the likelihood is measured on."""
+        memorisation); ``test_images``: the held-out images the likelihood is measured on, and
+        ``test_labels`` their classes (what a conditional model's likelihood is conditioned on)."""
         self.real = check_images(real_images, "real")
         self.spec = spec
         self.cfg = MetricsConfig.from_mapping(cfg)
@@ -59,6 +61,7 @@ class Evaluator:
         self._key: str | None = None
         self.train = None if train_images is None else check_images(train_images, "training")
         self.test_images = test_images
+        self.test_labels = test_labels
         self._train_key: str | None = None
         if self.train is not None and split == "train":
             log.info("Memorisation skipped: the real images are the training split, so none is held out.")
@@ -102,9 +105,10 @@ class Evaluator:
         if real is None:
             real, real_label = datamodule.real_images(cfg.split), f"{datamodule.name}:{cfg.split}"
         dataset, _, split = (real_label or "real").partition(":")
-        train = test = None
+        train = test = test_labels = None
         if datamodule is not None:
             test = datamodule.real_images("test")
+            test_labels = datamodule.dataset("test").labels
             if cfg.memorisation.enabled:  # the train split is shuffled once (split_seed): its head is a random subset
                 train = datamodule.real_images("train")[: cfg.memorisation.train_subset]
         return cls(
@@ -116,6 +120,7 @@ class Evaluator:
             split=split or "custom",
             train_images=train,
             test_images=test,
+            test_labels=test_labels,
         )
 
     @property
@@ -172,6 +177,6 @@ class Evaluator:
         from genbench.metrics.likelihood import evaluate_likelihood
 
         start = time.perf_counter()
-        out = dict(evaluate_likelihood(model, self.test_images, lcfg, generator))
+        out = dict(evaluate_likelihood(model, self.test_images, lcfg, generator, self.test_labels))
         out["likelihood_seconds"] = round(time.perf_counter() - start, 2)
         return out
