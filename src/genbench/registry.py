@@ -57,6 +57,9 @@ class FamilySpec:
         has_encoder: it maps images to latents (reconstruction grids).
         deterministic_sampler: the same latent always gives the same image (interpolation grids).
         conditional: it can be asked for a class.
+        guidance: a conditional model of it takes ``sample(..., guidance=w)``: classifier-free
+            guidance, guided = (1 + w) * conditional - w * unconditional (w = 0: purely
+            conditional). The evaluation sweeps w for such a family (``metrics.conditional``).
         prediction: what its network predicts when it is a diffusion/flow model (``eps``, ``x0``,
             ``v``, ``velocity``), else None.
         samplers: ``sample()`` takes ``sampler=`` (a config of the ``sampler`` group).
@@ -80,6 +83,7 @@ class FamilySpec:
     has_encoder: bool = False
     deterministic_sampler: bool = True
     conditional: bool = False
+    guidance: bool = False
     prediction: str | None = None
     samplers: bool = False
     default_sampler: str | None = None
@@ -95,6 +99,8 @@ class FamilySpec:
             raise GenbenchError(f"Family {self.name}: likelihood={self.likelihood!r}, use None, 'bound' or 'exact'.")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise GenbenchError(f"Family {self.name}: prediction={self.prediction!r}, use one of {PREDICTIONS}.")
+        if self.guidance and not self.conditional:
+            raise GenbenchError(f"Family {self.name}: guidance=True needs conditional=True (guidance steers a class).")
         if not self.title:
             object.__setattr__(self, "title", self.name.upper())
         object.__setattr__(self, "tiny_overrides", tuple(self.tiny_overrides))
