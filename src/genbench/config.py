@@ -34,6 +34,9 @@ RESOLVERS = {
     "genbench_help_groups": lambda config_name: help_groups(config_name),
     # genbench-benchmark's default families: every registered one, in display order
     "genbench_families": lambda: _family_names(),
+    # a network's class count: ${genbench_classes:${..conditional},${..num_classes}} is the model's
+    # num_classes when it is conditional and null otherwise (the network then has no class input)
+    "genbench_classes": lambda conditional, num_classes: num_classes if conditional else None,
 }
 
 
