@@ -142,6 +142,17 @@ def output_path(cfg: DictConfig) -> Path:
     return RunLayout(cfg.paths.output_dir).metrics
 
 
+def sampler_kwargs(cfg: DictConfig, model: Any) -> dict[str, Any]:
+    """``sample()``'s keyword for the command line's ``sampler=<name>`` (any config of the sampler
+    group, with its overrides), or nothing for the model's own sampler. A family without samplers
+    ignores it with a warning, so one command line serves every checkpoint of a benchmark."""
+    sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else None
+    if sampler is not None and not model.supports_samplers:
+        log.warning("sampler=%s is ignored: a %s has no sampler.", getattr(sampler, "name", sampler), model.family)
+        sampler = None
+    return {"sampler": sampler} if sampler is not None else {}
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     from genbench.models import checkpoint_family, load_model_from_checkpoint, read_checkpoint
 
@@ -162,11 +173,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     evaluator = Evaluator.for_datamodule(datamodule, mcfg, cache_dir=cfg.paths.cache_dir)
     # the counts KID's subsets and FID's covariance need are known now: refuse them before sampling
     check_sample_counts(mcfg.num_samples, len(evaluator.real), evaluator.spec, mcfg)
-    sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else None
-    if sampler is not None and not model.supports_samplers:
-        log.warning("sampler=%s is ignored: a %s has no sampler.", getattr(sampler, "name", sampler), model.family)
-        sampler = None
-    kwargs = {"sampler": sampler} if sampler is not None else {}
+    kwargs = sampler_kwargs(cfg, model)
+    sampler = kwargs.get("sampler")
     log.info("Drawing %d samples from %s (%s)...", mcfg.num_samples, ckpt_path, model.family)
     start = time.perf_counter()
     generated = sample_uint8(model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, **kwargs)
