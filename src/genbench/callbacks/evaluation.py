@@ -36,6 +36,7 @@ from genbench.callbacks.budget import TrainingBudget
 from genbench.errors import GenbenchError
 from genbench.io import atomic_write_bytes, atomic_write_json
 from genbench.metrics import Evaluator, MetricsConfig, sample_uint8, scalar_results
+from genbench.metrics import conditional as cond
 from genbench.metrics.record import CALLBACK, EvalRecord
 from genbench.reproducibility import preserved_training_state
 from genbench.rundir import RunLayout
@@ -50,6 +51,11 @@ class EvaluationCallback(pl.Callback):
     """Periodic FID / KID / IS / precision-recall, mode coverage and memorisation during training
     (and the test-set likelihood at the final evaluation: ``metrics.likelihood.when``), logged as
     ``eval/<metric>`` (the scalars of ``genbench.metrics.SCALAR_RESULTS``).
+
+    A conditional model is asked for balanced classes (0, 1, ..., K-1, 0, ...) and its samples keep
+    their classes, which adds the class accuracy and the intra-class FID; a guided family's final
+    evaluation also sweeps the guidance scale (``metrics.conditional``), logged as
+    ``eval/guidance_w<w>/<metric>`` and recorded as the result's ``guidance`` list.
 
     Args:
         num_samples: images drawn per evaluation (split across DDP ranks).
@@ -155,6 +161,8 @@ class EvaluationCallback(pl.Callback):
             result = self.evaluate(trainer, pl_module)
             if self.cfg.likelihood.due(final):
                 result.update(self.likelihood(trainer, pl_module))
+            if cond.guided(pl_module) and self.cfg.conditional.sweep_due(final):
+                result.update(self.guidance_sweep(trainer, pl_module))
         except StopRequested as e:  # the run stops at its next step boundary; this point is not measured
             log.warning("Evaluation at step %d interrupted: %s.", trainer.global_step, e)
             return
@@ -190,16 +198,18 @@ class EvaluationCallback(pl.Callback):
         write it as ``final.json``."""
         assert self.last_result is not None
         result = self.last_result
-        if self.cfg.likelihood.due(final=True) and "likelihood" not in result:
-            try:
-                extra = self.likelihood(trainer, pl_module)
-            except StopRequested as e:
-                log.warning("Likelihood at step %d interrupted: %s.", trainer.global_step, e)
-                extra = {}
-            if extra:
-                result.update(extra)
-                self._log(trainer, pl_module, scalar_results(extra, PREFIX), can_log=False)
-                self._write(trainer, result, False, append=False, replace_last=True)
+        extra: dict[str, Any] = {}
+        try:
+            if self.cfg.likelihood.due(final=True) and "likelihood" not in result:
+                extra.update(self.likelihood(trainer, pl_module))
+            if cond.guided(pl_module) and self.cfg.conditional.sweep_due(True) and cond.GUIDANCE not in result:
+                extra.update(self.guidance_sweep(trainer, pl_module))
+        except StopRequested as e:
+            log.warning("Final evaluation at step %d interrupted: %s.", trainer.global_step, e)
+        if extra:
+            result.update(extra)
+            self._log(trainer, pl_module, self.scalars(extra), can_log=False)
+            self._write(trainer, result, False, append=False, replace_last=True)
         self._write(trainer, {**result, "final": True}, True, append=False)
 
     def _log(
@@ -215,8 +225,9 @@ class EvaluationCallback(pl.Callback):
 
     @staticmethod
     def scalars(result: Mapping[str, Any]) -> dict[str, float]:
-        """The result's scalars as ``eval/<name>`` (the names: ``genbench.metrics.SCALAR_RESULTS``)."""
-        return scalar_results(result, PREFIX)
+        """The result's scalars as ``eval/<name>`` (the names: ``genbench.metrics.SCALAR_RESULTS``),
+        and a guidance sweep's as ``eval/guidance_w<w>/<name>``."""
+        return {**scalar_results(result, PREFIX), **cond.sweep_scalars(result.get(cond.GUIDANCE) or [], PREFIX)}
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
@@ -246,22 +257,37 @@ class EvaluationCallback(pl.Callback):
         if final:
             atomic_write_json(layout.eval_latest, result)
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, guidance: float | None = None
+    ) -> dict[str, Any]:
         """Sample (split across ranks), gather, compute on rank 0, broadcast. Collective: every
-        rank must call it."""
+        rank must call it. A conditional model is asked for balanced classes on every rank, and the
+        gathered images keep them; ``guidance``: sample with ``guidance=w`` (the sweep's
+        ``metrics.conditional.guidance_samples`` images, no memorisation picture)."""
         world, rank = trainer.world_size, trainer.global_rank
-        n_local = math.ceil(self.num_samples / world)
+        n = self.num_samples if guidance is None else (self.cfg.conditional.guidance_samples or self.num_samples)
+        n_local = math.ceil(n / world)
+        kwargs = dict(self.sample_kwargs)
+        num_classes = getattr(pl_module, "num_classes", None)
+        labels = None
+        if num_classes is not None:
+            kwargs["labels"] = cond.balanced_labels(n_local, num_classes)
+            labels = kwargs["labels"].repeat(world)[:n]  # the gathered order: rank 0's share, then rank 1's...
+        if guidance is not None:
+            kwargs["guidance"] = guidance
         with preserved_training_state(pl_module):
             generator = torch.Generator(device="cpu").manual_seed(self.seed + 7919 * rank)
-            images = sample_uint8(pl_module, n_local, generator, **self.sample_kwargs)
+            images = sample_uint8(pl_module, n_local, generator, **kwargs)
             if world > 1:
                 gathered = trainer.strategy.all_gather(images.to(pl_module.device))
-                images = gathered.reshape(-1, *images.shape[1:])[: self.num_samples].cpu()
+                images = gathered.reshape(-1, *images.shape[1:])[:n].cpu()
             result: dict[str, Any] | None = None
             if trainer.is_global_zero:
                 pairs = self.run_dir(trainer) / "eval" / "closest_pairs" / f"step-{trainer.global_step:07d}.png"
                 try:
-                    result = self.evaluator(trainer).evaluate(images, pairs_path=pairs)
+                    result = self.evaluator(trainer).evaluate(
+                        images, pairs_path=pairs if guidance is None else None, labels=labels, num_classes=num_classes
+                    )
                 except GenbenchError as e:
                     result = {"error": str(e)}
                 if "closest_pairs" in result:  # relative to the run directory: the run stays movable
@@ -274,6 +300,13 @@ class EvaluationCallback(pl.Callback):
         if "error" in result:
             raise GenbenchError(f"Evaluation callback: {result['error']}")
         return result
+
+    def guidance_sweep(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """FID, precision, recall, class accuracy and intra-class FID at each of
+        ``metrics.conditional.guidance_scales`` (the same sampling seed at every scale). Collective."""
+        scales = self.cfg.conditional.guidance_scales
+        sweep = cond.guidance_sweep(scales, lambda w: self.evaluate(trainer, pl_module, guidance=w))
+        return {cond.GUIDANCE: sweep, "guidance_samples": self.cfg.conditional.guidance_samples or self.num_samples}
 
     def likelihood(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Test-set bits/dim (``metrics.likelihood``) computed on rank 0 and broadcast. Collective."""

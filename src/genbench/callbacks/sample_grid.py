@@ -1,4 +1,5 @@
-"""Save (and log) a grid of samples from fixed noise at regular intervals, and the families' own
+"""Save (and log) a grid of samples from fixed noise at regular intervals (a row per class for a
+conditional model), and the families' own
 views of their latent space (genbench.latents): an encoder family's reconstructions of fixed validation
 images with every grid (``recon_<tag>.png``), and an interpolation grid of every family at the end
 of training (``interp_final.png``).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -71,14 +73,14 @@ class SampleGrid(pl.Callback):
     def _make(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         try:
-            images = pl_module.sample(self.num_samples, generator=generator, **self.sample_kwargs)
+            images, nrow = class_grid_samples(pl_module, self.num_samples, generator, **self.sample_kwargs)
         except StopRequested as e:  # the run stops at its next step boundary: no grid for this point
             log.warning("Sample grid %s interrupted: %s.", tag, e)
             return
         self._last_step = trainer.global_step
         out_dir = Path(trainer.default_root_dir) / self.dirname
-        self.last_path = save_grid(images, out_dir / f"{tag}.png")
-        _log_grid(trainer, "samples", image_grid(images))
+        self.last_path = save_grid(images, out_dir / f"{tag}.png", nrow=nrow)
+        _log_grid(trainer, "samples", image_grid(images, nrow=nrow))
         real = self._validation_images(trainer, pl_module)
         if real is not None:
             grid = reconstruction_grid(pl_module, real)
@@ -109,6 +111,20 @@ class SampleGrid(pl.Callback):
             return
         save_png(grid, Path(trainer.default_root_dir) / self.dirname / f"{INTERP}_final.png")
         _log_grid(trainer, "interpolations", grid)
+
+
+def class_grid_samples(
+    model: pl.LightningModule, num_samples: int, generator: torch.Generator, **sample_kwargs: Any
+) -> tuple[torch.Tensor, int | None]:
+    """The images of a sample grid and its images per row (None: square-ish). A conditional model
+    (``model.num_classes``) draws a row per class, 0 at the top: ``num_samples // K`` images of
+    each class (at least one), so a glance shows whether each row is its class."""
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        return model.sample(num_samples, generator=generator, **sample_kwargs), None
+    per_class = max(1, num_samples // num_classes)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return model.sample(len(labels), generator=generator, labels=labels, **sample_kwargs), per_class
 
 
 def _log_grid(trainer: pl.Trainer, name: str, grid: torch.Tensor) -> None:

@@ -32,6 +32,9 @@ CLASS_KL = "class_kl"
 MEMORISED = "memorised_frac"
 NN_TRAIN = "nn_train_median"
 NN_HELDOUT = "nn_heldout_median"
+COND_ACCURACY = "cond_accuracy"
+INTRA_FID = "intra_fid"
+INTRA_FID_SAMPLES = "intra_fid_samples_per_class"
 
 #: the logged metric the sampling noise is judged on (lower is better): SamplingBenchmark chooses
 #: the sampler by it, and the report quotes its standard deviation over sampling seeds
@@ -79,6 +82,24 @@ _ENTRIES = (
     ),
     Metric(NN_TRAIN, "NN dist. to train", None, "sig3", "median feature distance of samples to training images"),
     Metric(NN_HELDOUT, "held-out NN dist.", None, "sig3", "median feature distance of test images to training"),
+    Metric(
+        COND_ACCURACY,
+        "class accuracy",
+        False,
+        "pct",
+        "share of a conditional model's samples the in-domain classifier assigns to the class asked for (mean over classes)",
+        bounds=(0, 1),
+    ),
+    Metric(
+        INTRA_FID,
+        "intra-class FID",
+        True,
+        "fid",
+        "FID of the samples asked for each class against that class's real images, averaged over classes",
+    ),
+    Metric(
+        INTRA_FID_SAMPLES, "samples per class", None, "int", "samples per class of the intra-class FID", aggregate=False
+    ),
     # bookkeeping: recorded with every evaluation, formatted in tables, not ranked
     Metric("iwae_k", "IWAE samples", None, "int", "importance samples of an IWAE bound", aggregate=False),
     Metric("likelihood_images", "likelihood images", None, "int", "test images of the bound", aggregate=False),
@@ -149,9 +170,11 @@ def aggregated(keys: Any = ()) -> list[str]:
 __all__ = [
     "BPD",
     "CATALOGUE",
+    "COND_ACCURACY",
     "EXTRA_COLUMNS",
     "FID",
     "HEADLINE",
+    "INTRA_FID",
     "IS",
     "KID",
     "NOISE_METRIC",

@@ -48,10 +48,14 @@ class Evaluator:
         train_images: torch.Tensor | None = None,
         test_images: torch.Tensor | None = None,
         test_labels: torch.Tensor | None = None,
+        real_labels: torch.Tensor | None = None,
+        num_classes: int | None = None,
     ) -> None:
         """``train_images``: the training subset memorisation compares against (None: no
         memorisation); ``test_images``: the held-out images the likelihood is measured on, and
-        ``test_labels`` their classes (what a conditional model's likelihood is conditioned on)."""
+        ``test_labels`` their classes (what a conditional model's likelihood is conditioned on);
+        ``real_labels``: the classes of ``real_images`` (out of ``num_classes``), which the
+        intra-class FID of a conditional model's samples needs (None: no intra-class FID)."""
         self.real = check_images(real_images, "real")
         self.spec = spec
         self.cfg = MetricsConfig.from_mapping(cfg)
@@ -62,6 +66,10 @@ class Evaluator:
         self.train = None if train_images is None else check_images(train_images, "training")
         self.test_images = test_images
         self.test_labels = test_labels
+        self.real_labels = None if real_labels is None else torch.as_tensor(real_labels).long()
+        if self.real_labels is not None and len(self.real_labels) != len(self.real):
+            raise GenbenchError(f"{len(self.real_labels)} real labels for {len(self.real)} real images.")
+        self.num_classes = num_classes
         self._train_key: str | None = None
         if self.train is not None and split == "train":
             log.info("Memorisation skipped: the real images are the training split, so none is held out.")
@@ -105,7 +113,11 @@ class Evaluator:
         if real is None:
             real, real_label = datamodule.real_images(cfg.split), f"{datamodule.name}:{cfg.split}"
         dataset, _, split = (real_label or "real").partition(":")
-        train = test = test_labels = None
+        train = test = test_labels = real_labels = None
+        num_classes = getattr(datamodule, "num_classes", None)
+        if datamodule is not None and real_label == f"{datamodule.name}:{cfg.split}" and num_classes:
+            labels = datamodule.dataset(cfg.split).labels
+            real_labels = labels if len(labels) and int(labels.min()) >= 0 else None  # -1: unlabelled data
         if datamodule is not None:
             test = datamodule.real_images("test")
             test_labels = datamodule.dataset("test").labels
@@ -121,6 +133,8 @@ class Evaluator:
             train_images=train,
             test_images=test,
             test_labels=test_labels,
+            real_labels=real_labels,
+            num_classes=num_classes,
         )
 
     @property
@@ -135,9 +149,17 @@ class Evaluator:
             self._train_key = real_cache_key(self.train, self.spec, self.dataset, "train")
         return self._train_key
 
-    def evaluate(self, generated: torch.Tensor, pairs_path: str | Path | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        generated: torch.Tensor,
+        pairs_path: str | Path | None = None,
+        labels: torch.Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> dict[str, Any]:
         """Every metric of ``generated``; ``pairs_path``: where the memorisation check's PNG of the
-        closest generated/training pairs goes (None: no picture)."""
+        closest generated/training pairs goes (None: no picture). ``labels``: the classes a
+        conditional model's samples were asked for (out of ``num_classes``, default the data's),
+        which adds the class accuracy and the intra-class FID (:mod:`genbench.metrics.conditional`)."""
         start = time.perf_counter()
         cached = self.cfg.cache and self.cache_dir is not None
         key = self.real_key if cached else None
@@ -152,6 +174,9 @@ class Evaluator:
             train=self.train,
             train_key=train_key,
             pairs_path=pairs_path,
+            labels=labels,
+            real_labels=self.real_labels,
+            num_classes=num_classes or self.num_classes,
         )
         return {
             **metrics,

@@ -41,6 +41,7 @@ from genbench.devices import resolve_device
 from genbench.errors import GenbenchError
 from genbench.io import tensor_digest
 from genbench.metrics import catalogue
+from genbench.metrics import conditional as cond
 from genbench.metrics import coverage as cov
 from genbench.metrics import memorisation as mem
 from genbench.metrics.images import UInt8ImageDataset, check_images
@@ -66,6 +67,21 @@ RESULT_NAMES = {
     torch_fidelity.KEY_METRIC_RECALL: catalogue.RECALL,
     torch_fidelity.KEY_METRIC_F_SCORE: catalogue.F_SCORE,
 }
+
+
+def fid_from_features(generated: torch.Tensor, real: torch.Tensor | Mapping[str, np.ndarray]) -> float:
+    """FID between two sets of features (N×d tensors; ``real`` may be its statistics already, as
+    :func:`fid_features_to_statistics` gives them): torch-fidelity's statistics and Fréchet distance,
+    the one FID computation of genbench (the unconditional number and the per-class one)."""
+    real_stats = real if isinstance(real, Mapping) else fid_features_to_statistics(real)
+    try:
+        return float(
+            fid_statistics_to_metric(fid_features_to_statistics(generated), real_stats, False)[
+                torch_fidelity.KEY_METRIC_FID
+            ]
+        )
+    except ValueError as e:  # torch-fidelity's vassert
+        raise GenbenchError(f"torch-fidelity rejected the evaluation: {e}") from e
 
 
 def check_sample_counts(n_generated: int, n_real: int, spec: ExtractorSpec, cfg: MetricsConfig) -> int | None:
@@ -338,11 +354,19 @@ def compute_metrics(
     train: torch.Tensor | None = None,
     train_key: str | None = None,
     pairs_path: str | Path | None = None,
+    labels: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
     """FID / KID / IS / precision-recall of ``generated`` (input1) against ``real`` (input2), plus
     mode coverage (in-domain extractor only) and, with ``train`` images, memorisation (the PNG of
     the closest pairs goes to ``pairs_path``). With ``cache_dir`` and ``real_key`` (``train_key``)
-    everything about the real (training) set is cached, verified, under ``<cache_dir>/fidelity/``."""
+    everything about the real (training) set is cached, verified, under ``<cache_dir>/fidelity/``.
+
+    ``labels``: the classes the generated images were asked for (a conditional model), out of
+    ``num_classes``; with them come the class accuracy (in-domain extractor only) and, given the
+    real images' ``real_labels``, the intra-class FID (:mod:`genbench.metrics.conditional`), from the
+    same feature pass."""
     cfg = MetricsConfig.from_mapping(cfg)
     if not cfg.enabled():
         raise GenbenchError("No metric enabled: set at least one of metrics.fid/kid/isc/prc to true.")
@@ -366,11 +390,18 @@ def compute_metrics(
     coverage = cfg.coverage.enabled and supports_coverage(spec)
     if cfg.coverage.enabled and not coverage:
         _log_once(f"Mode coverage skipped: {spec.label} has no classifier trained on the dataset's labels.")
+    conditional = labels is not None and cfg.conditional.enabled
+    if conditional and num_classes is None:
+        raise GenbenchError("Conditional metrics need the number of classes (num_classes) beside the labels.")
+    accuracy = conditional and supports_coverage(spec)
+    if conditional and not accuracy:
+        _log_once(f"Class accuracy skipped: {spec.label} has no classifier trained on the dataset's labels.")
+    intra = conditional and cfg.fid and real_labels is not None
     memorise = cfg.memorisation.enabled and train is not None
     layer = feature_layer(spec, "fid")  # FID's layer also serves memorisation
     isc_layer, kid_layer, prc_layer = (feature_layer(spec, m) for m in ("isc", "kid", "prc"))
     wanted = [(isc_layer, cfg.isc), (layer, cfg.fid or memorise), (kid_layer, cfg.kid), (prc_layer, cfg.prc)]
-    layers = [name for name, used in wanted if used] + ([CLASS_LAYER] if coverage else [])
+    layers = [name for name, used in wanted if used] + ([CLASS_LAYER] if coverage or accuracy else [])
     extract = FeatureExtraction(spec, layers, cfg)
     cache = train_cache = None
     if cfg.cache and cache_dir is not None and real_key is not None:
@@ -385,6 +416,7 @@ def compute_metrics(
     with real_side.locked():
         wanted_real = {kid_layer} if cfg.kid else set()
         wanted_real |= {prc_layer} if cfg.prc else set()
+        wanted_real |= {layer} if intra else set()
         real_features = {name: real_side.features(name) for name in wanted_real}
         fid_stats = real_side.fid_statistics(layer) if cfg.fid else None
         kid_draws = kid_sums = None
@@ -402,11 +434,11 @@ def compute_metrics(
     try:
         if cfg.isc:
             out.update(isc_featuresdict_to_metric(gen, isc_layer, **kwargs))
-        if fid_stats is not None:
-            out.update(fid_statistics_to_metric(fid_features_to_statistics(gen[layer]), fid_stats, cfg.verbose))
     except ValueError as e:  # torch-fidelity's vassert
         raise GenbenchError(f"torch-fidelity rejected the evaluation: {e}") from e
     result: dict[str, Any] = _rename(out)
+    if fid_stats is not None:
+        result[catalogue.FID] = fid_from_features(gen[layer], fid_stats)
     if kid_draws is not None:
         result.update(kid_from_features(gen[kid_layer], real_features[kid_layer], kid_draws, kid_sums))
     if real_radii is not None:
@@ -418,6 +450,12 @@ def compute_metrics(
         result.update(
             cov.coverage_metrics(gen[CLASS_LAYER], real_counts, cfg.coverage.min_fraction, cfg.coverage.smoothing)
         )
+    if accuracy:
+        assert labels is not None
+        result.update(cond.class_accuracy(gen[CLASS_LAYER], labels, num_classes))
+    if intra:
+        assert labels is not None and real_labels is not None and num_classes is not None
+        result.update(cond.intra_class_fid(gen[layer], labels, real_features[layer], real_labels, num_classes))
     if train_features is not None and heldout_nn is not None:
         assert train is not None
         nn_dist, nn_idx = mem.nearest_neighbours(gen[layer], train_features)

@@ -64,10 +64,19 @@ def sample_uint8(
     model: Any, n: int, generator: torch.Generator | None = None, batch_size: int | None = None, **sample_kwargs: Any
 ) -> torch.Tensor:
     """Draw ``n`` images through the sampling contract and return them as uint8 on the CPU,
-    moving each chunk off the device as soon as it is drawn (10k images stay cheap in memory)."""
+    moving each chunk off the device as soon as it is drawn (10k images stay cheap in memory).
+    ``labels=`` (one class per image, for a conditional model) is handed to each chunk in its part."""
     chunk = batch_size or getattr(model, "sample_batch_size", 256)
+    labels = sample_kwargs.pop("labels", None)
+    if labels is not None and not isinstance(labels, int):
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or len(labels) != n:
+            raise GenbenchError(f"sample_uint8(n={n}) needs one label per image, got shape {tuple(labels.shape)}.")
     out = []
     for start in range(0, n, chunk):
-        x = model.sample(min(chunk, n - start), generator=generator, **sample_kwargs)
+        b = min(chunk, n - start)
+        if labels is not None:
+            sample_kwargs["labels"] = labels if isinstance(labels, int) else labels[start : start + b]
+        x = model.sample(b, generator=generator, **sample_kwargs)
         out.append(check_images(x, "generated"))
     return torch.cat(out)

@@ -40,6 +40,39 @@ LIKELIHOOD_WHEN = ("final", "every", "never")
 
 
 @dataclass
+class ConditionalConfig:
+    """``metrics.conditional``: the metrics of a class-conditional model (class accuracy,
+    intra-class FID: :mod:`genbench.metrics.conditional`) and the guidance sweep of a family
+    whose ``sample()`` takes ``guidance=w``."""
+
+    #: class accuracy and intra-class FID of a conditional model's samples
+    enabled: bool = True
+    #: the guidance scales w of the sweep (guided = (1 + w) * conditional - w * unconditional); [] for none
+    guidance_scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0])
+    #: samples per scale (null: metrics.num_samples)
+    guidance_samples: int | None = None
+    #: final: the final evaluation of training (and every genbench-eval); every: each evaluation; never
+    guidance_when: str = "final"
+
+    def __post_init__(self) -> None:
+        if self.guidance_when not in LIKELIHOOD_WHEN:
+            raise GenbenchError(
+                f"metrics.conditional.guidance_when={self.guidance_when} is unknown: use one of {', '.join(LIKELIHOOD_WHEN)}."
+            )
+        self.guidance_scales = [float(w) for w in self.guidance_scales or []]
+        if self.guidance_samples is not None and self.guidance_samples < 2:
+            raise GenbenchError(
+                f"metrics.conditional.guidance_samples must be >= 2 or null, got {self.guidance_samples}."
+            )
+
+    def sweep_due(self, final: bool) -> bool:
+        """Whether an evaluation (the final one or not) runs the guidance sweep."""
+        return bool(self.guidance_scales) and (
+            self.guidance_when == "every" or (self.guidance_when == "final" and final)
+        )
+
+
+@dataclass
 class LikelihoodSettings:
     """``metrics.likelihood``: when test-set bits/dim are computed; every other key goes to
     :class:`genbench.distributions.LikelihoodConfig` unchanged."""
@@ -119,6 +152,7 @@ class MetricsConfig:
     verbose: bool = False
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
     memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
+    conditional: ConditionalConfig = field(default_factory=ConditionalConfig)
     likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
 
     @classmethod
@@ -136,6 +170,7 @@ class MetricsConfig:
         values = dict(mapping)
         values["coverage"] = _section(CoverageConfig, values.get("coverage"), "coverage")
         values["memorisation"] = _section(MemorisationConfig, values.get("memorisation"), "memorisation")
+        values["conditional"] = _section(ConditionalConfig, values.get("conditional"), "conditional")
         values["likelihood"] = LikelihoodSettings.from_mapping(values.get("likelihood"))
         if values["memorisation"].train_subset < 1:
             raise GenbenchError(

@@ -1,0 +1,202 @@
+"""Conditional metrics: class accuracy and intra-class FID against independent computations, the
+evaluator applying the in-domain classifier as a hand-run would, the evaluation callback on a
+small conditional family (balanced classes, guidance sweep), per-class grids, and the report's
+conditional section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import scipy.linalg
+import torch
+
+from conditional_standin import SPEC, ClassBank
+from genbench.errors import GenbenchError
+from genbench.metrics import conditional as cond
+from genbench.metrics.evaluator import Evaluator
+from genbench.metrics.in_domain import build_domain_cnn, in_domain_spec, load_extractor_file
+
+
+def hand_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance written out with scipy's matrix square root (not torch-fidelity's eigenvalues)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_class_accuracy_is_the_per_class_share_of_correct_predictions() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(50, 4, generator=g)
+    labels = torch.tensor([0, 1, 2] * 16 + [0, 1])  # class 3 never asked for
+    out = cond.class_accuracy(logits, labels, 4)
+    predicted = logits.argmax(1).tolist()
+    by_hand = []
+    for c in range(3):
+        asked = [i for i, y in enumerate(labels.tolist()) if y == c]
+        by_hand.append(sum(predicted[i] == c for i in asked) / len(asked))
+    assert out["cond_accuracy_per_class"][:3] == pytest.approx(by_hand) and out["cond_accuracy_per_class"][3] is None
+    assert out["cond_accuracy"] == pytest.approx(sum(by_hand) / 3)
+    with pytest.raises(GenbenchError, match="outside the 4 classes"):
+        cond.class_accuracy(logits, torch.full((50,), 4), 4)
+
+
+def test_intra_class_fid_equals_fid_run_per_class_by_hand() -> None:
+    g = torch.Generator().manual_seed(2)
+    d, k = 5, 3
+    real_labels = torch.arange(300) % k
+    real = torch.randn(300, d, generator=g) + real_labels[:, None].float()  # class-dependent means
+    labels = torch.arange(60) % k
+    gen = torch.randn(60, d, generator=g) * 1.3 + labels[:, None].float() * 0.5
+    out = cond.intra_class_fid(gen, labels, real, real_labels, k)
+    by_hand = [hand_fid(gen[labels == c].double().numpy(), real[real_labels == c].double().numpy()) for c in range(k)]
+    assert out["intra_fid_per_class"] == pytest.approx(by_hand, rel=1e-4)
+    assert out["intra_fid"] == pytest.approx(np.mean(by_hand), rel=1e-4)
+    assert out["intra_fid_samples_per_class"] == 20
+    # the unconditional FID of the same features is a different number: the classes matter
+    from genbench.metrics.fidelity import fid_from_features
+
+    assert abs(fid_from_features(gen, real) - out["intra_fid"]) > 0.1
+    with pytest.raises(GenbenchError, match="more images per class than feature dimensions"):
+        cond.intra_class_fid(gen[:12], labels[:12], real, real_labels, k)
+
+
+def test_balanced_indices_and_labels() -> None:
+    labels = torch.tensor([2, 0, 0, 1, 2, 1, 0, 2, 1])
+    idx = cond.balanced_indices(labels, 2, 3)
+    assert labels[idx].tolist() == [0, 1, 2, 0, 1, 2] and idx.tolist() == [1, 3, 0, 2, 5, 4]
+    assert cond.balanced_labels(7, 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(GenbenchError, match="4 real images of class 0 but the split has 3"):
+        cond.balanced_indices(labels, 4, 3)
+
+
+def test_guidance_sweep_keeps_the_sweep_metrics_in_order() -> None:
+    seen = []
+
+    def evaluate_at(w: float) -> dict:
+        seen.append(w)
+        return {"fid": 10 - w, "precision": 0.5, "recall": 0.4, "cond_accuracy": w / 10, "kid_mean": 1.0}
+
+    sweep = cond.guidance_sweep([0, 1, 4], evaluate_at)
+    assert seen == [0.0, 1.0, 4.0]
+    assert sweep[2] == {"guidance": 4.0, "fid": 6.0, "precision": 0.5, "recall": 0.4, "cond_accuracy": 0.4}
+    assert cond.sweep_scalars(sweep)["eval/guidance_w4/fid"] == 6.0
+
+
+# --- with the in-domain extractor ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    from genbench.data import SyntheticDataModule
+    from genbench.metrics import ensure_in_domain_extractor
+
+    cache = tmp_path_factory.mktemp("cond_cache")
+    dm = SyntheticDataModule(num_train=512, num_test=256, batch_size=32)
+    path = ensure_in_domain_extractor(
+        dm, cache, epochs=3, batch_size=64, feature_dim=16, width=8, lr=5e-3, min_steps=0, progress=False
+    )
+    dm.setup()
+    return SimpleNamespace(path=path, cache=cache, dm=dm)
+
+
+METRICS = {"extractor": "in-domain", "kid": False, "isc": False, "cache": False, "memorisation": {"enabled": False}}
+
+
+def test_evaluator_applies_the_classifier_and_fid_as_a_hand_run_does(extractor: SimpleNamespace) -> None:
+    dm = extractor.dm
+    real, real_labels = dm.real_images("test"), dm.dataset("test").labels
+    evaluator = Evaluator(
+        real, in_domain_spec(extractor.path), {**METRICS, "extractor_path": str(extractor.path)},
+        real_labels=real_labels, num_classes=4,
+    )  # fmt: skip
+    # "generated": real training images, each asked for its true class or (a third of them) another one
+    images, true = dm.real_images("train")[:240], dm.dataset("train").labels[:240]
+    asked = torch.where(torch.arange(240) % 3 == 0, (true + 1) % 4, true)
+    result = evaluator.evaluate(images, labels=asked)
+
+    net = build_domain_cnn(load_extractor_file(extractor.path))
+    with torch.no_grad():
+        features, logits = net(images.float() / 127.5 - 1)
+        real_features, _ = net(real.float() / 127.5 - 1)
+    predicted = logits.argmax(1)
+    per_class = [float((predicted[asked == c] == c).double().mean()) for c in range(4)]
+    assert result["cond_accuracy_per_class"] == pytest.approx(per_class)
+    assert result["cond_accuracy"] == pytest.approx(np.mean(per_class))
+    fids = [
+        hand_fid(features[asked == c].double().numpy(), real_features[real_labels == c].double().numpy())
+        for c in range(4)
+    ]
+    assert result["intra_fid_per_class"] == pytest.approx(fids, rel=1e-3)
+    assert result["intra_fid"] == pytest.approx(np.mean(fids), rel=1e-3)
+    # without labels (an unconditional model) there are no conditional metrics
+    assert "cond_accuracy" not in evaluator.evaluate(images) and "intra_fid" not in evaluator.evaluate(images)
+
+
+@pytest.fixture
+def standin_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in's FamilySpec in the registry for one test (genbench's own families stay)."""
+    from genbench import registry
+
+    registry.families()  # load genbench's own first
+    monkeypatch.setitem(registry._REGISTRY, SPEC.name, SPEC)
+
+
+def test_callback_scores_a_conditional_model_with_balanced_classes_and_sweeps_guidance(
+    extractor: SimpleNamespace, standin_family: None, tmp_path: Path
+) -> None:
+    from pytorch_lightning.loggers import CSVLogger
+
+    from genbench.callbacks import EvaluationCallback, SampleGrid
+    from genbench.data import SyntheticDataModule
+
+    metrics = {
+        **METRICS,
+        "extractor_path": str(extractor.path),
+        "conditional": {"guidance_scales": [0, 3], "guidance_samples": 120},
+    }
+    cb = EvaluationCallback(
+        num_samples=200, every_n_epochs=1, metrics=metrics, cache_dir=str(extractor.cache), output_dir=str(tmp_path)
+    )
+    grid = SampleGrid(num_samples=12, every_n_epochs=1, interpolation_rows=0)
+    pl.seed_everything(0)
+    model = ClassBank(1, 32, num_classes=4)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=12, limit_val_batches=0, logger=CSVLogger(str(tmp_path)),
+        callbacks=[cb, grid], enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=SyntheticDataModule(num_train=512, num_test=256, batch_size=32))
+
+    record = json.loads((tmp_path / "eval" / "final.json").read_text())
+    assert record["num_samples"] == 200 and record["intra_fid_samples_per_class"] == 50  # balanced: 200 / 4
+    assert len(record["cond_accuracy_per_class"]) == 4 and 0 <= record["cond_accuracy"] <= 1
+    for key in ("eval/cond_accuracy", "eval/intra_fid", "eval/guidance_w0/fid", "eval/guidance_w3/cond_accuracy"):
+        assert key in trainer.callback_metrics, key
+    sweep = record["guidance"]
+    assert [p["guidance"] for p in sweep] == [0.0, 3.0] and record["guidance_samples"] == 120
+    assert {"fid", "precision", "recall", "cond_accuracy", "intra_fid"} <= set(sweep[0])
+
+    # the model's classes matter: a copy whose classes are shuffled scores far worse on accuracy
+    shuffled = ClassBank(1, 32, num_classes=4)
+    shuffled.bank, shuffled.count = model.bank[torch.tensor([1, 2, 3, 0])], model.count[torch.tensor([1, 2, 3, 0])]
+    cb_shuffled = EvaluationCallback(
+        num_samples=200, metrics=metrics, cache_dir=str(extractor.cache), output_dir=str(tmp_path)
+    )
+    cb_shuffled._evaluator = cb._evaluator
+    stub_trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, global_step=0)
+    result = cb_shuffled.evaluate(stub_trainer, shuffled)
+    assert record["cond_accuracy"] > 0.5 and result["cond_accuracy"] < record["cond_accuracy"] - 0.3
+    assert result["intra_fid"] > record["intra_fid"]
+
+    # the sample grid of a conditional model: a row per class
+    from PIL import Image
+
+    png = Image.open(tmp_path / "samples" / "final.png")
+    cell = 32 + 2
+    assert png.height == 4 * cell + 2 and png.width == 3 * cell + 2  # 4 classes x 12 // 4 per class
