@@ -138,42 +138,58 @@ def test_evaluator_applies_the_classifier_and_fid_as_a_hand_run_does(extractor: 
     assert "cond_accuracy" not in evaluator.evaluate(images) and "intra_fid" not in evaluator.evaluate(images)
 
 
-@pytest.fixture
-def standin_family(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stand-in's FamilySpec in the registry for one test (genbench's own families stay)."""
-    from genbench import registry
-
-    registry.families()  # load genbench's own first
-    monkeypatch.setitem(registry._REGISTRY, SPEC.name, SPEC)
-
-
-def test_callback_scores_a_conditional_model_with_balanced_classes_and_sweeps_guidance(
-    extractor: SimpleNamespace, standin_family: None, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def conditional_run(extractor: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A tiny run of the stand-in conditional family (registered while this module runs), with the
+    evaluation callback (guidance sweep at w = 0 and 3) and the sample grid, written as a run
+    directory the report can read."""
+    import yaml
     from pytorch_lightning.loggers import CSVLogger
 
+    from genbench import registry
     from genbench.callbacks import EvaluationCallback, SampleGrid
     from genbench.data import SyntheticDataModule
 
+    run_dir = tmp_path_factory.mktemp("cond_run")
     metrics = {
         **METRICS,
         "extractor_path": str(extractor.path),
         "conditional": {"guidance_scales": [0, 3], "guidance_samples": 120},
     }
-    cb = EvaluationCallback(
-        num_samples=200, every_n_epochs=1, metrics=metrics, cache_dir=str(extractor.cache), output_dir=str(tmp_path)
-    )
-    grid = SampleGrid(num_samples=12, every_n_epochs=1, interpolation_rows=0)
-    pl.seed_everything(0)
-    model = ClassBank(1, 32, num_classes=4)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=12, limit_val_batches=0, logger=CSVLogger(str(tmp_path)),
-        callbacks=[cb, grid], enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )  # fmt: skip
-    trainer.fit(model, datamodule=SyntheticDataModule(num_train=512, num_test=256, batch_size=32))
+    data = {"_target_": "genbench.data.SyntheticDataModule", "num_train": 512, "num_test": 256, "batch_size": 32}
+    with pytest.MonkeyPatch.context() as mp:
+        registry.families()  # genbench's own first; the stand-in joins them for this module only
+        mp.setitem(registry._REGISTRY, SPEC.name, SPEC)
+        cb = EvaluationCallback(
+            num_samples=200, metrics=metrics, cache_dir=str(extractor.cache), output_dir=str(run_dir)
+        )
+        grid = SampleGrid(num_samples=12, every_n_epochs=1, interpolation_rows=0)
+        pl.seed_everything(0)
+        model = ClassBank(1, 32, num_classes=4)
+        trainer = pl.Trainer(
+            accelerator="cpu", max_epochs=1, limit_train_batches=12, limit_val_batches=0,
+            logger=CSVLogger(str(run_dir), name="csv"), callbacks=[cb, grid], enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(run_dir),
+        )  # fmt: skip
+        trainer.fit(model, datamodule=SyntheticDataModule(**{k: v for k, v in data.items() if k != "_target_"}))
+        config = {
+            "seed": 0,
+            "data": data,
+            "model": {"_target_": "conditional_standin.ClassBank", "conditional": True, "num_classes": 4},
+            "callbacks": {"evaluation": {"num_samples": 200, "metrics": metrics, "cache_dir": str(extractor.cache)}},
+        }
+        (run_dir / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+        (run_dir / "metrics.json").write_text(json.dumps({"family": SPEC.name}))
+        yield SimpleNamespace(dir=run_dir, trainer=trainer, model=model, callback=cb, metrics=metrics)
 
-    record = json.loads((tmp_path / "eval" / "final.json").read_text())
+
+def test_callback_scores_a_conditional_model_with_balanced_classes_and_sweeps_guidance(
+    conditional_run: SimpleNamespace,
+) -> None:
+    from genbench.callbacks import EvaluationCallback
+
+    run_dir, trainer, model = conditional_run.dir, conditional_run.trainer, conditional_run.model
+    record = json.loads((run_dir / "eval" / "final.json").read_text())
     assert record["num_samples"] == 200 and record["intra_fid_samples_per_class"] == 50  # balanced: 200 / 4
     assert len(record["cond_accuracy_per_class"]) == 4 and 0 <= record["cond_accuracy"] <= 1
     for key in ("eval/cond_accuracy", "eval/intra_fid", "eval/guidance_w0/fid", "eval/guidance_w3/cond_accuracy"):
@@ -182,21 +198,55 @@ def test_callback_scores_a_conditional_model_with_balanced_classes_and_sweeps_gu
     assert [p["guidance"] for p in sweep] == [0.0, 3.0] and record["guidance_samples"] == 120
     assert {"fid", "precision", "recall", "cond_accuracy", "intra_fid"} <= set(sweep[0])
 
-    # the model's classes matter: a copy whose classes are shuffled scores far worse on accuracy
+    # the model's classes matter: a copy whose classes are shuffled scores far worse
     shuffled = ClassBank(1, 32, num_classes=4)
-    shuffled.bank, shuffled.count = model.bank[torch.tensor([1, 2, 3, 0])], model.count[torch.tensor([1, 2, 3, 0])]
-    cb_shuffled = EvaluationCallback(
-        num_samples=200, metrics=metrics, cache_dir=str(extractor.cache), output_dir=str(tmp_path)
-    )
-    cb_shuffled._evaluator = cb._evaluator
+    order = torch.tensor([1, 2, 3, 0])
+    shuffled.bank, shuffled.count = model.bank[order], model.count[order]
+    cb = EvaluationCallback(
+        num_samples=200, metrics=conditional_run.metrics, cache_dir=str(conditional_run.callback.cache_dir),
+        output_dir=str(run_dir),
+    )  # fmt: skip
+    cb._evaluator = conditional_run.callback._evaluator
     stub_trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, global_step=0)
-    result = cb_shuffled.evaluate(stub_trainer, shuffled)
+    result = cb.evaluate(stub_trainer, shuffled)
     assert record["cond_accuracy"] > 0.5 and result["cond_accuracy"] < record["cond_accuracy"] - 0.3
     assert result["intra_fid"] > record["intra_fid"]
 
     # the sample grid of a conditional model: a row per class
     from PIL import Image
 
-    png = Image.open(tmp_path / "samples" / "final.png")
+    png = Image.open(run_dir / "samples" / "final.png")
     cell = 32 + 2
     assert png.height == 4 * cell + 2 and png.width == 3 * cell + 2  # 4 classes x 12 // 4 per class
+
+
+def test_report_renders_the_conditional_section_from_the_runs_files(
+    conditional_run: SimpleNamespace, tmp_path: Path
+) -> None:
+    from genbench.report.build import write_report
+    from genbench.report.collect import find_runs
+    from genbench.report.floor import real_floor
+
+    runs = find_runs([conditional_run.dir])
+    floor, _ = real_floor(runs)
+    assert floor is not None and floor["num_samples"] == 200  # 50 real training images of each of the 4 classes
+    assert floor["intra_fid_samples_per_class"] == 50 and floor["intra_fid"] >= 0
+    record = runs[0].final
+    report = write_report(runs, tmp_path, floor=floor)
+    rows = {r["family"]: r for r in report["rows"]}
+    assert rows["class_bank"]["intra_fid"] == pytest.approx(record["intra_fid"])
+    assert rows["real vs real (floor)"]["cond_accuracy"] == pytest.approx(floor["cond_accuracy"])
+    html = (tmp_path / "report.html").read_text()
+    conditional = html[html.index("<h2>Conditional</h2>") :]
+    assert "class accuracy" in conditional and "intra-class FID" in conditional
+    assert "a row per class" in html and "Guidance sweep" in html
+    assert (tmp_path / "guidance_curves.png").is_file()
+    sentence = next(s for s in report_verdict(report, runs) if s.startswith("Conditional quality"))
+    assert "class_bank" in sentence and "best at w=" in sentence
+    assert "intra-class FID" in (tmp_path / "leaderboard.md").read_text()
+
+
+def report_verdict(report: dict, runs: list) -> list[str]:
+    from genbench.report.verdict import verdict
+
+    return verdict(report["rows"], runs)

@@ -28,13 +28,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR
+from genbench.callbacks.sample_grid import class_grid_samples
 from genbench.config import build
 from genbench.data.folder import load_image_folder
 from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable, read_json
-from genbench.latents import write_latent_grids
+from genbench.latents import save_grid, write_latent_grids
 from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8, scalar_results
+from genbench.metrics import conditional as cond
 from genbench.metrics.fidelity import check_sample_counts
 from genbench.metrics.record import CLI, EvalRecord
 from genbench.rundir import CHECKPOINTS, RunLayout
@@ -153,6 +155,47 @@ def sampler_kwargs(cfg: DictConfig, model: Any) -> dict[str, Any]:
     return {"sampler": sampler} if sampler is not None else {}
 
 
+def evaluation_labels(model: Any, n: int, labels: Any) -> torch.Tensor | None:
+    """The classes ``genbench-eval`` asks a conditional model for: ``labels=`` one class for all,
+    or a list of classes taken in turn (a list of ``n`` gives each sample its own); null: every
+    class in turn (a balanced sample). None for an unconditional model; asking one for a class is
+    an error (:meth:`~genbench.models.base.GenerativeModel.class_labels`)."""
+    if OmegaConf.is_config(labels):
+        labels = OmegaConf.to_container(labels)
+    if isinstance(labels, list | tuple) and 0 < len(labels) < n:
+        labels = [labels[i % len(labels)] for i in range(n)]
+    return model.class_labels(n, labels)
+
+
+def guidance_kwargs(cfg: DictConfig, model: Any) -> dict[str, Any]:
+    """``sample()``'s ``guidance=w`` for the command line's ``guidance=<w>`` (null: the model's own)."""
+    if cfg.get("guidance") is None:
+        return {}
+    if not cond.guided(model):
+        raise GenbenchError(
+            f"guidance={cfg.guidance}: this {model.family} takes no guidance (it needs a conditional model of a family "
+            "with classifier-free guidance); leave guidance=null."
+        )
+    return {"guidance": float(cfg.guidance)}
+
+
+def guidance_sweep(
+    cfg: DictConfig, model: Any, evaluator: Evaluator, mcfg: MetricsConfig, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The guidance sweep of a guided model (``metrics.conditional``): balanced classes, the same
+    seed at every scale."""
+    n = mcfg.conditional.guidance_samples or mcfg.num_samples
+    labels = cond.balanced_labels(n, model.num_classes)
+
+    def evaluate_at(w: float) -> dict[str, Any]:
+        log.info("Guidance sweep: %d samples at w=%g...", n, w)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        images = sample_uint8(model, n, generator, labels=labels, **{**kwargs, "guidance": w})
+        return evaluator.evaluate(images, labels=labels, num_classes=model.num_classes)
+
+    return {cond.GUIDANCE: cond.guidance_sweep(mcfg.conditional.guidance_scales, evaluate_at), "guidance_samples": n}
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     from genbench.models import checkpoint_family, load_model_from_checkpoint, read_checkpoint
 
@@ -175,22 +218,35 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     check_sample_counts(mcfg.num_samples, len(evaluator.real), evaluator.spec, mcfg)
     kwargs = sampler_kwargs(cfg, model)
     sampler = kwargs.get("sampler")
+    kwargs.update(guidance_kwargs(cfg, model))
+    labels = evaluation_labels(model, mcfg.num_samples, cfg.get("labels"))
     log.info("Drawing %d samples from %s (%s)...", mcfg.num_samples, ckpt_path, model.family)
     start = time.perf_counter()
-    generated = sample_uint8(model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, **kwargs)
+    generated = sample_uint8(
+        model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, labels=labels, **kwargs
+    )
     sampling_seconds = time.perf_counter() - start
     out = output_path(cfg)
     pairs, base = pairs_location(out, f"{ckpt_path.stem}-n{mcfg.num_samples}")
-    result = evaluator.evaluate(generated, pairs_path=pairs)
+    result = evaluator.evaluate(generated, pairs_path=pairs, labels=labels, num_classes=model.num_classes)
     _relative_pairs(result, base)
+    if labels is not None:
+        result["labels_asked"] = sorted(set(labels.tolist()))
     if mcfg.likelihood.due(final=True):
         log.info("Computing the test-set likelihood (metrics.likelihood)...")
         with torch.no_grad():
             result.update(evaluator.likelihood(model, torch.Generator().manual_seed(cfg.seed)))
+    if cond.guided(model) and mcfg.conditional.sweep_due(final=True) and "guidance" not in kwargs:
+        result.update(guidance_sweep(cfg, model, evaluator, mcfg, kwargs))
     if cfg.get("latent_grids", True):  # the pictures a user of each family expects, beside the numbers
         grids = write_latent_grids(
             model, out.parent, real=datamodule.real_images("val")[:8], tag=ckpt_path.stem, seed=cfg.seed
         )
+        if model.num_classes is not None:  # a row per class
+            images, nrow = class_grid_samples(
+                model, 8 * model.num_classes, torch.Generator().manual_seed(cfg.seed), **kwargs
+            )
+            grids["classes"] = save_grid(images, out.parent / f"classes_{ckpt_path.stem}.png", nrow=nrow)
         result["grids"] = {name: path.name for name, path in grids.items()}  # relative to metrics.json
     used = sampler if sampler is not None else getattr(model, "sampler", None)  # None: a family without samplers
     record = EvalRecord(
@@ -266,7 +322,8 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
         **({"mode": mode} if mode else {}),
     )
     try:
-        run.log({**scalar_results(result, "eval/"), "trainer/global_step": result.get("step") or 0})
+        scalars = {**scalar_results(result, "eval/"), **cond.sweep_scalars(result.get(cond.GUIDANCE) or [])}
+        run.log({**scalars, "trainer/global_step": result.get("step") or 0})
         run.summary.update({"eval/source": "genbench-eval", "eval/ckpt": result.get("ckpt")})
         log.info("Logged the evaluation to W&B run %s (%s).", run.id, run.settings.mode)
     finally:
@@ -309,6 +366,7 @@ def main(cfg: DictConfig) -> None:
             print(OmegaConf.to_yaml(cfg, resolve=True))
         result = evaluate(cfg)
         shown = ("fid", "kid_mean", "is_mean", "precision", "recall", "bpd", "classes_covered", "memorised_frac")
+        shown += ("cond_accuracy", "intra_fid")
         print_summary(
             "genbench-eval: done",
             {

@@ -127,6 +127,9 @@ HEADLINE: tuple[str, ...] = (FID, KID, IS, PRECISION, RECALL)
 #: the extra columns of the markdown table (shown when any row has them)
 EXTRA_COLUMNS: tuple[str, ...] = (BPD, CLASSES_COVERED, CLASS_KL, MEMORISED)
 
+#: the conditional table's columns (a class-conditional model's runs and the floor)
+CONDITIONAL_COLUMNS: tuple[str, ...] = (COND_ACCURACY, INTRA_FID)
+
 #: well-known bound names and how tables title them (any other bound: "bpd (<name>)")
 _BOUND_TITLES = {"elbo": "ELBO", "iwae": "IWAE", "vlb": "VLB", "ode": "ODE"}
 
@@ -171,6 +174,7 @@ __all__ = [
     "BPD",
     "CATALOGUE",
     "COND_ACCURACY",
+    "CONDITIONAL_COLUMNS",
     "EXTRA_COLUMNS",
     "FID",
     "HEADLINE",

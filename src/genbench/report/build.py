@@ -23,6 +23,8 @@ import torch
 
 from genbench import __version__, rundir
 from genbench.metrics import NOISE_METRIC
+from genbench.metrics.catalogue import INTRA_FID
+from genbench.metrics.conditional import GUIDANCE
 from genbench.report.collect import RunResult
 from genbench.report.figures import readable_factor, side_by_side, upscale
 from genbench.report.html import data_uri, headline_keys, leaderboard_tables, write_html
@@ -33,7 +35,7 @@ from genbench.report.leaderboard import (
     named_runs,
     write_leaderboard,
 )
-from genbench.report.plots import metrics_during_training, quality_vs_cost, quality_vs_steps
+from genbench.report.plots import guidance_curves, metrics_during_training, quality_vs_cost, quality_vs_steps
 from genbench.report.stability import per_seed_curves
 from genbench.report.verdict import verdict
 
@@ -355,8 +357,9 @@ def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path)
         if run.status != "ok" or run.family in done:
             continue
         done.add(run.family)
+        per_class = run.final.get(INTRA_FID) is not None or bool((run.config.get("model") or {}).get("conditional"))
         candidates = [
-            ("samples", "samples", run.grid),
+            ("samples", "samples (a row per class, class 0 at the top)" if per_class else "samples", run.grid),
             ("recon", "reconstructions (top: real, below: reconstructed)", run.run_dir / rundir.FINAL_RECON),
             ("interp", "interpolations (each row: one path between two latents)", run.run_dir / rundir.FINAL_INTERP),
         ]
@@ -403,6 +406,17 @@ def _figures(runs: list[RunResult], out_dir: Path, named: list[RunResult] | None
             lambda: _why_no_sampler_plot(runs, several=False),
         ),
     ]
+    if any(r.final.get(GUIDANCE) or r.final.get(INTRA_FID) is not None for r in runs if r.status == "ok"):
+        figures.append(
+            (
+                "Guidance sweep: quality and class accuracy against the guidance scale",
+                guidance_curves(runs, out_dir / "guidance_curves.png"),
+                lambda: (
+                    "no conditional run swept guidance: the sweep needs a family with classifier-free guidance "
+                    "(model.conditional=true) and metrics.conditional.guidance_scales."
+                ),
+            )
+        )
     figures.append(
         (
             "Training curves per seed",

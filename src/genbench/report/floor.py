@@ -1,6 +1,8 @@
 """The real-vs-real reference row: real training images scored against the real test split with
 the runs' own extractor, sample count and settings, the best any model could hope for at this n.
-Shared by ``genbench-benchmark`` and ``genbench-compare``.
+Shared by ``genbench-benchmark`` and ``genbench-compare``. For conditional runs the real images are
+class-balanced at the runs' per-class count and carry their classes, so the row also gives the
+floor of the class accuracy (the classifier on real images) and of the intra-class FID.
 
 The protocol is read from what the runs hold, so the floor works for any runs, not only a
 benchmark's: the evaluation callback's settings in the run's config where training evaluated, else
@@ -96,6 +98,15 @@ def floor_protocol(runs: list[RunResult]) -> tuple[FloorProtocol | None, str | N
     )
 
 
+def conditional_floor_count(runs: list[RunResult]) -> int | None:
+    """The per-class sample count of the runs' intra-class FID (the smallest, should they differ),
+    or None when no finished run is conditional."""
+    from genbench.metrics.catalogue import INTRA_FID_SAMPLES
+
+    counts = [int(r.final[INTRA_FID_SAMPLES]) for r in runs if r.status == "ok" and r.final.get(INTRA_FID_SAMPLES)]
+    return min(counts) if counts else None
+
+
 def real_floor(runs: list[RunResult], out_dir: Path | None = None) -> tuple[dict[str, Any] | None, Path | None]:
     """(floor metrics, grid of real test images) for the runs' dataset; (None, None) when the
     runs carry no evaluation protocol to copy (:func:`floor_protocol` says why; logged). The grid
@@ -114,7 +125,18 @@ def real_floor(runs: list[RunResult], out_dir: Path | None = None) -> tuple[dict
     datamodule.setup()
     metrics_cfg = MetricsConfig.from_mapping(protocol.metrics)
     evaluator = Evaluator.for_datamodule(datamodule, metrics_cfg, cache_dir=protocol.cache_dir)
-    floor = evaluator.evaluate(datamodule.real_images("train")[: metrics_cfg.num_samples])
+    train = datamodule.real_images("train")
+    per_class = conditional_floor_count(runs)
+    if per_class and datamodule.num_classes:
+        # the runs are conditional: the floor's real images are class-balanced at the runs' per-class count,
+        # so its class accuracy and intra-class FID are those of real images at the same n per class
+        from genbench.metrics.conditional import balanced_indices
+
+        labels = datamodule.dataset("train").labels
+        idx = balanced_indices(labels, per_class, datamodule.num_classes)
+        floor = evaluator.evaluate(train[idx], labels=labels[idx], num_classes=datamodule.num_classes)
+    else:
+        floor = evaluator.evaluate(train[: metrics_cfg.num_samples])
     floor["protocol_from"] = str(protocol.run.run_dir)
     if protocol.weights_sha256 and floor.get("extractor_weights_sha256") != protocol.weights_sha256:
         floor["warning"] = (

@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from genbench.metrics.catalogue import aggregated
+from genbench.metrics.catalogue import CONDITIONAL_COLUMNS, aggregated
 from genbench.report.leaderboard import (
     EXTRA_COLUMNS,
     METRICS,
@@ -157,6 +157,15 @@ def _cost_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+#: what the conditional table's numbers mean (shown under it)
+CONDITIONAL_NOTE = (
+    "Samples asked for each class in turn. Class accuracy: the share the in-domain classifier assigns to the "
+    "class asked for (mean over classes; real images reach about the classifier's own test accuracy). "
+    "Intra-class FID: FID of each class's samples against that class's real images, averaged over classes. "
+    "The floor row scores real training images at the same number per class."
+)
+
+
 def headline_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The main table's metric columns: FID, KID, IS, precision, recall, and the new measures
     (bits/dim, classes covered, class KL, memorised fraction) where any family has them."""
@@ -168,8 +177,22 @@ def leaderboard_tables(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the other metric keys the rows hold (bound variants, distances), and cost. Only columns some
     family has are shown."""
     headline = headline_keys(rows)
-    details = [k for k in aggregated(k for r in rows for k in r) if k not in headline and _present(rows, k)]
+    conditional = [k for k in CONDITIONAL_COLUMNS if _present(rows, k)]
+    details = [
+        k
+        for k in aggregated(k for r in rows for k in r)
+        if k not in headline and k not in conditional and _present(rows, k)
+    ]
     tables = [_table("Leaderboard", headline, rows)]
+    if conditional:
+        tables.append(
+            _table(
+                "Conditional",
+                conditional,
+                [r for r in rows if _is_family(r) or r.get("kind") == "floor"],
+                note=CONDITIONAL_NOTE,
+            )
+        )
     if details:
         tables.append(_table("Details", details, [r for r in rows if _is_family(r)]))
     cost = _cost_table(rows)

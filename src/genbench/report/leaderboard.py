@@ -48,7 +48,15 @@ from typing import Any
 
 from genbench.errors import GenbenchError
 from genbench.io import atomic_write_bytes
-from genbench.metrics.catalogue import CATALOGUE, EXTRA_COLUMNS, HEADLINE, Metric, aggregated, metric
+from genbench.metrics.catalogue import (
+    CATALOGUE,
+    CONDITIONAL_COLUMNS,
+    EXTRA_COLUMNS,
+    HEADLINE,
+    Metric,
+    aggregated,
+    metric,
+)
 from genbench.registry import family_sort_key, find_family
 from genbench.report.collect import RunResult
 
@@ -442,6 +450,9 @@ def build_leaderboard(
         row = {"family": FLOOR_NAME, "kind": "floor", "status": "reference", "seeds": [], "errors": []}
         for key, _, _ in METRICS:
             row[key], row[f"{key}_std"] = floor.get(key), None
+        for key in CONDITIONAL_COLUMNS:  # real images at the conditional runs' per-class count
+            if floor.get(key) is not None:
+                row[key], row[f"{key}_std"] = floor[key], None
         row["num_samples"], row["extractor"] = floor.get("num_samples"), floor.get("extractor")
         rows.append(row)
     if spread is not None:
@@ -527,7 +538,11 @@ def column_title(key: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     samplers = sorted({k for r in rows for k in (r.get("sampling_images_per_second") or {})})
-    extra = [k for k in EXTRA_COLUMNS if any(r.get(k) is not None for r in rows if r.get("kind") == "family")]
+    extra = [
+        k
+        for k in (*EXTRA_COLUMNS, *CONDITIONAL_COLUMNS)
+        if any(r.get(k) is not None for r in rows if r.get("kind") == "family")
+    ]
     head = [
         "family",
         *[column_title(k) for k, _, _ in METRICS],

@@ -188,3 +188,39 @@ def quality_vs_cost(runs: list[RunResult], path: Path, metric: str = "eval/fid")
         ax.annotate(sampler, (ips, m[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         seen.add(family)
     return _save_log_x(fig, ax, path, "sampling images / s (log)", metric, "Quality against sampling cost")
+
+
+def guidance_curves(runs: list[RunResult], path: Path) -> Path | None:
+    """A guided family's final guidance sweep: FID (and intra-class FID, dashed), class accuracy, and
+    precision (solid) / recall (dashed) against the guidance scale w, one colour per family (mean
+    over seeds). None when no run swept guidance."""
+    from genbench.report.verdict import guidance_means
+
+    sweeps = guidance_means(runs)
+    if not sweeps:
+        return None
+    panels = (
+        ("FID against w (dashed: intra-class FID; lower is better)", (("fid", "-"), ("intra_fid", "--"))),
+        ("class accuracy against w (higher is better)", (("cond_accuracy", "-"),)),
+        ("precision (solid) and recall (dashed) against w", (("precision", "-"), ("recall", "--"))),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13.2, 3.6))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        values = []
+        for family, by_w in sweeps.items():
+            for key, style in keys:
+                pts = [(w, m[key]) for w, m in by_w.items() if key in m]
+                if pts:
+                    label = family if style == "-" or len(keys) == 1 else None
+                    ax.plot(
+                        *zip(*pts, strict=True), marker="o", linestyle=style, color=family_colour(family), label=label
+                    )
+                    values += [v for _, v in pts]
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("guidance scale w")
+        tidy_axis(ax, values)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,6 +1,7 @@
 """The verdict: which family wins on which axis, in sentences generated from the numbers.
 
-Axes: quality (FID), diversity/coverage (recall, classes covered, class KL), likelihood (bits/dim),
+Axes: quality (FID), conditional quality (intra-class FID, class accuracy and the guidance sweep,
+for class-conditional runs), diversity/coverage (recall, classes covered, class KL), likelihood (bits/dim),
 sampling cost (images/s of the evaluated sampler), training cost to reach a given FID, stability
 (spread of FID over seeds). A family wins an axis *clearly* only when its 95% interval over seeds
 does not overlap the runner-up's; otherwise the sentence says "no clear winner" and names the
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from genbench.metrics.catalogue import COND_ACCURACY, FID, INTRA_FID
+from genbench.metrics.conditional import GUIDANCE
 from genbench.report.collect import RunResult
 from genbench.report.leaderboard import CONFIDENCE, METRIC_INFO, format_value, summarize
 
@@ -358,6 +361,68 @@ def _stability_sentence(rows: list[dict[str, Any]]) -> str:
     return f"Stability (coefficient of variation of FID over seeds, lower is better): {body}{tail}."
 
 
+def guidance_means(runs: list[RunResult]) -> dict[str, dict[float, dict[str, float]]]:
+    """{family: {w: {metric: mean over the family's finished runs}}} from each run's final guidance
+    sweep (``guidance`` in its evaluation record), scales in increasing order."""
+    values: dict[str, dict[float, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs:
+        for point in run.final.get(GUIDANCE) or [] if run.status == "ok" else ():
+            for key, v in point.items():
+                if key != GUIDANCE and isinstance(v, int | float) and math.isfinite(v):
+                    values[run.family][float(point[GUIDANCE])][key].append(float(v))
+    return {
+        family: {w: {k: float(np.mean(v)) for k, v in metrics.items()} for w, metrics in sorted(by_w.items())}
+        for family, by_w in values.items()
+    }
+
+
+def _conditional_sentence(rows: list[dict[str, Any]], runs: list[RunResult]) -> str | None:
+    """Conditional quality: the families ranked by intra-class FID, their class accuracy, the
+    floor's two numbers, and for a guided family the scale with the best intra-class FID and how the
+    accuracy moves across the sweep. None when no family is conditional (an unconditional report)."""
+    have, _ = _entries(rows, INTRA_FID)
+    acc, _ = _entries(rows, COND_ACCURACY)
+    sweeps = guidance_means(runs)
+    if not have and not acc and not sweeps:
+        return None
+    parts = []
+    if have:
+        parts.append("by intra-class FID (lower is better) " + rank(have, True, lambda v: format_value(INTRA_FID, v)))
+    if acc:
+        parts.append(
+            "by class accuracy (higher is better) " + rank(acc, False, lambda v: format_value(COND_ACCURACY, v))
+        )
+    floor = next((r for r in rows if r.get("kind") == "floor"), None)
+    if floor and floor.get(INTRA_FID) is not None:
+        parts.append(
+            f"real images at the same count per class reach intra-class FID {format_value(INTRA_FID, floor[INTRA_FID])}"
+            + (
+                f" and class accuracy {format_value(COND_ACCURACY, floor[COND_ACCURACY])}"
+                if floor.get(COND_ACCURACY) is not None
+                else ""
+            )
+        )
+    for family, by_w in sweeps.items():
+        scored = {w: m for w, m in by_w.items() if INTRA_FID in m or FID in m}
+        if not scored:
+            continue
+        key = INTRA_FID if all(INTRA_FID in m for m in scored.values()) else FID
+        best = min(scored, key=lambda w: scored[w][key])
+        text = (
+            f"{family}'s guidance sweep is best at w={best:g} ({METRIC_INFO[key].title} "
+            f"{format_value(key, scored[best][key])})"
+        )
+        ws = [w for w in by_w if COND_ACCURACY in by_w[w]]
+        if len(ws) > 1:
+            lo, hi = ws[0], ws[-1]
+            text += (
+                f", class accuracy {format_value(COND_ACCURACY, by_w[lo][COND_ACCURACY])} at w={lo:g} and "
+                f"{format_value(COND_ACCURACY, by_w[hi][COND_ACCURACY])} at w={hi:g}"
+            )
+        parts.append(text)
+    return "Conditional quality (samples asked for each class in turn): " + "; ".join(parts) + "."
+
+
 def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
     """One sentence per axis (quality, diversity/coverage, likelihood, sampling cost, quality at
     equal sampling cost where families share an NFE, training cost to reach a given FID, stability), and a last one when a time budget ran on a loaded machine.
@@ -367,6 +432,7 @@ def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
         return ["No verdict: no family finished a run."]
     sentences = [
         _metric_sentence(rows, "fid", "Quality"),
+        _conditional_sentence(rows, runs),
         _diversity_sentence(rows),
         _metric_sentence(rows, "bpd", "Likelihood"),
         _sampling_sentence(rows),
