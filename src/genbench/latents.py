@@ -118,14 +118,15 @@ def interpolation_grid(
     return to_grid_uint8(images, nrow=n_steps)
 
 
-def reconstruction_grid(model: Any, images: torch.Tensor) -> torch.Tensor:
+def reconstruction_grid(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """A uint8 grid image (C, H, W) of an encoder family's reconstructions: the top row the ``images`` (uint8,
-    or float in [-1, 1]), the bottom row their mean reconstructions ``decode(encode(x).mu)``."""
+    or float in [-1, 1]), the bottom row their mean reconstructions ``decode(encode(x).mu)``; a
+    conditional model is given the images' ``labels``."""
     if not hasattr(model, "reconstruct"):
         family = getattr(model, "family", type(model).__name__)
         raise GenbenchError(f"Reconstructions need an encoder: a {family} has none (FamilySpec.has_encoder).")
     x = to_unit_range(images) if images.dtype == torch.uint8 else images.float()
-    recon = model.reconstruct(x).cpu()
+    recon = (model.reconstruct(x) if labels is None else model.reconstruct(x, labels=labels)).cpu()
     return to_grid_uint8(torch.cat([x.cpu(), recon]), nrow=len(x))
 
 

@@ -83,7 +83,10 @@ class SampleGrid(pl.Callback):
         _log_grid(trainer, "samples", image_grid(images, nrow=nrow))
         real = self._validation_images(trainer, pl_module)
         if real is not None:
-            grid = reconstruction_grid(pl_module, real)
+            # a conditional encoder family reconstructs each image with its true class
+            conditional = getattr(pl_module, "num_classes", None) is not None
+            labels = self._validation_labels(trainer, len(real)) if conditional else None
+            grid = reconstruction_grid(pl_module, real, labels=labels)
             save_png(grid, out_dir / f"{RECON}_{tag}.png")
             _log_grid(trainer, "reconstructions", grid)
 
@@ -94,6 +97,11 @@ class SampleGrid(pl.Callback):
         if self.reconstructions < 1 or not hasattr(pl_module, "reconstruct") or not hasattr(datamodule, "real_images"):
             return None
         return datamodule.real_images("val")[: self.reconstructions]
+
+    @staticmethod
+    def _validation_labels(trainer: pl.Trainer, n: int) -> torch.Tensor:
+        """The classes of the images :meth:`_validation_images` returns."""
+        return trainer.datamodule.dataset("val").labels[:n]
 
     @rank_zero_only
     def _interpolation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
