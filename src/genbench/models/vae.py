@@ -259,20 +259,16 @@ class VAE(GenerativeModel):
             return gaussian_nll(out, x, self.log_sigma)
         return discretized_nll(self.likelihood, out, x, self.log_sigma)
 
-    def class_prior_nats(self) -> float:
-        """log K for a conditional VAE with K classes, else 0. A conditional VAE bounds -log p(x|y);
-        with the uniform class prior p(y) = 1/K, p(x) = sum_y p(x|y) / K >= p(x|y_true) / K, so
-        -log p(x) <= -log p(x|y_true) + log K: adding log K turns a bound of p(x|y) into one of p(x)
-        that can be compared with an unconditional model's (log(K) / (D ln 2) bits/dim)."""
-        return math.log(self.num_classes) if self.num_classes is not None else 0.0
-
     def bits_per_dim(self, neg_elbo: torch.Tensor) -> torch.Tensor:
         """-ELBO in bits per dimension (nats / (C*H*W ln 2)). An upper bound on the NLL of 8-bit
         images only for the discretised likelihoods (logged as ``val/bpd``); for the Bernoulli and
         the Gaussian it is the training loss in other units (logged as ``val/neg_elbo_bits``). For a
-        conditional VAE, ``neg_elbo`` is the bound on -log p(x|y) and log K is added
-        (:meth:`class_prior_nats`), so the bits/dim bound p(x) as an unconditional model's do."""
-        return (neg_elbo + self.class_prior_nats()) / (self.channels * self.image_size**2 * math.log(2))
+        conditional VAE, ``neg_elbo`` bounds -log p(x|y) and log K is added: with the uniform class
+        prior, -log p(x) <= -log p(x|y) + log K (:func:`genbench.metrics.likelihood.class_prior_nats`),
+        so its bits/dim bound p(x) as an unconditional model's do."""
+        from genbench.metrics.likelihood import class_prior_nats  # the one place of the correction
+
+        return (neg_elbo + class_prior_nats(self.num_classes)) / (self.channels * self.image_size**2 * math.log(2))
 
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
     def likelihood_description(self, cfg: LikelihoodConfig) -> str:
@@ -282,10 +278,7 @@ class VAE(GenerativeModel):
                 f"none (VAE trained with the {self.likelihood} likelihood, which is not a probability of "
                 "8-bit pixels: train with model.likelihood=discretized_logistic for bits/dim)"
             )
-        what = f"{self.likelihood.replace('discretized', 'discretised').replace('_', ' ')}, IWAE K={cfg.iwae_k}"
-        if self.num_classes is not None:
-            what += f", bound on p(x|y) + log {self.num_classes} (a bound on p(x), uniform class prior)"
-        return what
+        return f"{self.likelihood.replace('discretized', 'discretised').replace('_', ' ')}, IWAE K={cfg.iwae_k}"
 
     def likelihood_bounds(
         self,
@@ -298,9 +291,9 @@ class VAE(GenerativeModel):
         2016) and ``elbo`` = -mean_k log w_k from the same K samples z_k ~ q(z|x), where
         w_k = p(x|z_k) p(z_k) / q(z_k|x). With the same samples the IWAE bound is never above the
         ELBO estimate (Jensen), and equals it for K = 1. Empty for a non-discretised likelihood.
-        A conditional VAE needs the images' true ``labels``: its bounds are those of -log p(x|y) plus
-        log K (:meth:`class_prior_nats`), bounds on -log p(x). Call in eval mode (the encoder's
-        BatchNorm) under no_grad."""
+        A conditional VAE needs the images' true ``labels``: its bounds are of -log p(x|y), and the
+        evaluation (genbench.metrics.likelihood) adds log K to report bounds on -log p(x). Call in
+        eval mode (the encoder's BatchNorm) under no_grad."""
         if self.likelihood not in DISCRETIZED:
             return {}
         n = x.shape[0]
@@ -321,7 +314,7 @@ class VAE(GenerativeModel):
             log_pz = (-0.5 * z**2).sum(-1)
             log_qz = (-0.5 * eps**2 - 0.5 * logvar).sum(-1)  # the (2 pi) terms cancel with log_pz's
             log_w.append(log_px + log_pz - log_qz)
-        log_w = torch.cat(log_w) - self.class_prior_nats()
+        log_w = torch.cat(log_w)
         return {"iwae": -logmeanexp(log_w, 0), "elbo": -log_w.mean(0)}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
