@@ -4,6 +4,7 @@ write one report.
     genbench-benchmark                           # budget=cpu: Fashion-MNIST, 2 CPU cores, < 20 min
     genbench-benchmark budget=full seeds=[0,1,2] launcher=slurm
     genbench-benchmark budget=cpu families=[<family>,<family>]
+    genbench-benchmark conditional=true          # every family that can be, class-conditional
 
 The training jobs are Hydra multiruns of ``genbench-train`` (``experiment=<budget.experiment>``, the
 same protocol for every family, ``model=<family>`` with the family's settings for the budget, ``seed=...``), one per family so that a family whose config or training breaks cannot take the
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from genbench import CONFIG_DIR
 from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
+from genbench.extras import require_extra
 from genbench.io import atomic_write_bytes
 from genbench.loggers import wandb_mode
 from genbench.report.build import hints_text, write_report
@@ -38,13 +40,34 @@ from genbench.summary import print_summary, setup_run_logging
 log = logging.getLogger("genbench.benchmark")
 
 
-def check_families(cfg: DictConfig) -> None:
-    """Refuse, before any training, a family genbench does not know or a budget without its
-    protocol experiment: one line each, saying what exists."""
+def conditional_families(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """(the families a conditional benchmark trains, those it leaves out because they cannot be
+    asked for a class: ``FamilySpec.conditional``). Every family when ``conditional`` is false."""
     from genbench.registry import get_family
+
+    if not cfg.get("conditional"):
+        return list(cfg.families), []
+    able = [f for f in cfg.families if get_family(f).conditional]
+    return able, [f for f in cfg.families if f not in able]
+
+
+def check_families(cfg: DictConfig) -> None:
+    """Refuse, before any training, a family genbench does not know, a budget without its
+    protocol experiment, or a conditional benchmark of families none of which can be conditioned:
+    one line each, saying what exists."""
+    from genbench.registry import families, get_family
 
     for family in cfg.families:
         get_family(family)
+    able, left_out = conditional_families(cfg)
+    if not able:
+        can = [name for name, spec in families().items() if spec.conditional]
+        raise GenbenchError(
+            f"conditional=true, but none of {', '.join(cfg.families)} can be class-conditional: "
+            + (f"choose from {', '.join(can)}." if can else "no registered family declares conditional=True.")
+        )
+    if left_out:
+        log.warning("conditional=true: %s cannot be class-conditional and is left out.", ", ".join(left_out))
     experiment = str(cfg.budget.experiment)
     if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
         raise GenbenchError(
@@ -73,8 +96,10 @@ def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]
         f"hydra.sweep.dir={sweep_dir}",
         "print_config=false",
         "fail_soft=true",
-        f"tags=[benchmark,budget-{cfg.budget.name}]",
+        f"tags=[benchmark,budget-{cfg.budget.name}{',conditional' if cfg.get('conditional') else ''}]",
     ]
+    if cfg.get("conditional"):  # the class count comes from the data (data.num_classes)
+        cmd.append("model.conditional=true")
     if cfg.budget.get("tiny_networks"):
         cmd += list(spec.tiny_overrides)
     if cfg.launcher:
@@ -97,8 +122,9 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, int]:
     root = Path(cfg.paths.root_dir)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    n = len(cfg.families)
-    for i, family in enumerate(cfg.families, 1):
+    trained, _ = conditional_families(cfg)
+    n = len(trained)
+    for i, family in enumerate(trained, 1):
         sweep_dir = out_dir / "runs" / family
         sweep_dir.mkdir(parents=True, exist_ok=True)
         cmd = training_command(cfg, family, sweep_dir)
@@ -114,7 +140,7 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, int]:
         if not parallel:
             status[family] = _finish(procs.pop(family), family, sweep_dir, f"[{i}/{n}]", started)
     for family, proc in procs.items():
-        i = list(cfg.families).index(family) + 1
+        i = trained.index(family) + 1
         status[family] = _finish(proc, family, out_dir / "runs" / family, f"[{i}/{n}]", started)
     return status
 
@@ -158,8 +184,13 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "benchmark_config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     check_families(cfg)  # fail before any training if a family or the budget's protocol is unknown
+    if cfg.wandb:
+        require_extra("wandb", "genbench-benchmark wandb=true")
+    if cfg.launcher:
+        require_extra("slurm", f"genbench-benchmark launcher={cfg.launcher}")
     status = run_training(cfg, out_dir)
-    runs = find_runs([out_dir / "runs" / f for f in cfg.families])
+    trained, left_out = conditional_families(cfg)
+    runs = find_runs([out_dir / "runs" / f for f in trained])
     floor, real_grid = real_floor(runs, out_dir) if cfg.floor else (None, None)
     wandb_run = None
     if cfg.wandb:
@@ -176,13 +207,15 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     report = write_report(
         runs,
         out_dir,
-        title=f"genbench benchmark — budget '{cfg.budget.name}'",
+        title=f"genbench benchmark — budget '{cfg.budget.name}'"
+        + (" — class-conditional" if cfg.get("conditional") else ""),
         floor=floor,
         real_grid=real_grid,
         context={
             "budget": OmegaConf.to_container(cfg.budget, resolve=True),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "exit_status": status,
+            **({"conditional": {"left_out": left_out}} if cfg.get("conditional") else {}),
         },
         wandb_run=wandb_run,
     )
@@ -193,8 +226,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     report["failed"] = failed_runs_line(runs) or (
         None if all(code == 0 for code in status.values()) else f"a training sweep exited with status {status}"
     )
-    families = {}
-    for family in cfg.families:
+    families = {family: "left out: cannot be class-conditional" for family in left_out}
+    for family in trained:
         ok, failed = job_counts(out_dir / "runs" / family)
         families[family] = f"{'ok' if status.get(family) == 0 and not failed else 'FAILED'}: {ok} done, {failed} failed"
     print_summary(
