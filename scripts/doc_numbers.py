@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Render the numbers in README.md and docs/*.md from the committed result files they come from.
+
+    python scripts/doc_numbers.py            # rewrite every generated block from its source files
+    python scripts/doc_numbers.py --check    # exit 1 and name each block that differs (the tests run this)
+
+A generated block sits between two marker comments, which name what renders it and from which
+files (paths relative to the repository root, usually docs/results/<date>-<device>/):
+
+    <!-- doc-numbers: leaderboard source=docs/results/2026-12-05-cpu/leaderboard.json -->
+    | family | FID ↓ | ... |
+    <!-- /doc-numbers -->
+
+Why: a table typed by hand drifts from the run it reports (a rerun, a renamed column, a rounding
+slip), and nothing notices. With the source committed beside the docs and this check in the tests,
+a documented number that differs from its source fails the suite, and a new run is documented by
+copying its results folder into docs/results and running this script.
+
+Renderers (the word after ``doc-numbers:``):
+
+- ``leaderboard source=<leaderboard.json>``: the benchmark's main table (quality, likelihood, classes,
+  memorisation, size and speed per family, and the real-vs-real floor), the best value of a column
+  in bold where one family alone has it;
+- ``precision source=<fp32 leaderboard.json> source=<bf16 leaderboard.json>``: two runs of one budget
+  side by side (training speed, images seen, FID, recall, bits/dim), e.g. fp32 against bf16-mixed;
+- ``results-index``: one row per folder in docs/results that has an environment.json (a GPU run of
+  ``scripts/gpu_check.sh --showdown``): date, device, torch, CUDA and its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+#: the files that may hold generated blocks
+DOCS = ("README.md", "docs/performance.md")
+BLOCK = re.compile(
+    r"(?P<open><!-- doc-numbers: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /doc-numbers -->)", re.S
+)
+#: how a sampler's short name (its label in sampling.json, "<kind>-<NFE>") reads in a table
+SAMPLER_NAMES = {
+    "ddim": "DDIM",
+    "dpmpp_2m": "DPM-Solver++",
+    "edm_heun": "EDM Heun",
+    "ancestral": "ancestral",
+    "euler": "Euler",
+    "heun": "Heun",
+    "dopri5": "dopri5",
+}
+
+
+class DocNumbersError(Exception):
+    """A block that cannot be rendered: unknown renderer, missing source file."""
+
+
+# ------------------------------------------------------------------------------------------------
+# formatting
+# ------------------------------------------------------------------------------------------------
+def number(v: float | None, digits: int) -> str:
+    """Fixed decimals, thousands separators, a real minus sign; '–' for a missing value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:,.{digits}f}".replace("-", "−")
+
+
+def percent(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def small(v: float | None) -> str:
+    """Two decimals, or three below 0.01 in size (the floor's KID is about −0.003)."""
+    return number(v, 2 if v is None or abs(v) >= 0.01 else 3)
+
+
+def family_label(row: dict[str, Any]) -> str:
+    """The family's title from genbench's registry, with its sampler where it has several."""
+    from genbench.registry import families
+
+    spec = families().get(row.get("model_family") or row["family"])
+    title = spec.title if spec else row["family"]
+    sampler = row.get("sampler")
+    if sampler and sampler != "default":
+        kind, _, nfe = sampler.rpartition("-")
+        title += f" ({SAMPLER_NAMES.get(kind, kind)}, {nfe} NFE)" if nfe.isdigit() and kind else f" ({sampler})"
+    return title
+
+
+# ------------------------------------------------------------------------------------------------
+# renderers: (spec arguments) -> markdown lines
+# ------------------------------------------------------------------------------------------------
+def load_json(path: str) -> Any:
+    file = REPO / path
+    if not file.is_file():
+        raise DocNumbersError(f"source file {path} does not exist: commit it, or fix the marker's source=")
+    return json.loads(file.read_text())
+
+
+#: the leaderboard table's columns: (heading, row key, format, better: "min" / "max" / None = no bold)
+LEADERBOARD_COLUMNS: tuple[tuple[str, str, Callable[[Any], str], str | None], ...] = (
+    ("FID ↓", "fid", lambda v: number(v, 1), "min"),
+    ("KID ↓", "kid_mean", small, "min"),
+    ("IS ↑", "is_mean", lambda v: number(v, 2), "max"),
+    ("precision ↑", "precision", percent, "max"),
+    ("recall ↑", "recall", percent, "max"),
+    ("bits/dim ↓", "bpd", None, "min"),  # formatted with its standard error (bits_per_dim)
+    ("classes covered ↑", "classes_covered", lambda v: number(v, 0), "max"),
+    ("class KL ↓", "class_kl", lambda v: number(v, 3), "min"),
+    ("memorised", "memorised_frac", percent, None),
+    ("params", "num_parameters", lambda v: number(v, 0), None),
+    ("train img/s", "train_images_per_second", lambda v: number(v, 0), None),
+    ("images seen", "images_seen", lambda v: number(v, 0), None),
+    ("sample img/s", "sample_images_per_second", lambda v: number(v, 0), None),
+)
+
+
+def bits_per_dim(row: dict[str, Any]) -> str:
+    if row.get("bpd") is None:
+        return "no likelihood" if row.get("kind") == "family" else ""
+    se = row.get("bpd_se")
+    return number(row["bpd"], 2) + (f" ± {number(se, 2)}" if se is not None else "")
+
+
+def unique_best(rows: list[dict[str, Any]], key: str, better: str | None) -> int | None:
+    """Index of the one family row with the best value of ``key``; None when tied or not ranked."""
+    if better is None:
+        return None
+    values = [(i, r[key]) for i, r in enumerate(rows) if isinstance(r.get(key), int | float)]
+    if len(values) < 2:
+        return None
+    best = (min if better == "min" else max)(v for _, v in values)
+    winners = [i for i, v in values if v == best]
+    return winners[0] if len(winners) == 1 else None
+
+
+def render_leaderboard(sources: list[str]) -> list[str]:
+    (source,) = sources
+    board = load_json(source)
+    rows = [r for r in board if r.get("kind") == "family"]
+    floors = [r for r in board if r.get("kind") == "floor"]
+    lines = [
+        "| family | " + " | ".join(c[0] for c in LEADERBOARD_COLUMNS) + " |",
+        "|---" * (len(LEADERBOARD_COLUMNS) + 1) + "|",
+    ]
+    bold = {key: unique_best(rows, key, better) for _, key, _, better in LEADERBOARD_COLUMNS}
+    for i, row in enumerate(rows):
+        cells = []
+        for _, key, fmt, _ in LEADERBOARD_COLUMNS:
+            text = bits_per_dim(row) if key == "bpd" else fmt(row.get(key))
+            cells.append(f"**{text}**" if bold[key] == i else text)
+        lines.append(f"| {family_label(row)} | " + " | ".join(cells) + " |")
+    for floor in floors:
+        cells = ["" if key not in floor else fmt(floor[key]) for _, key, fmt, _ in LEADERBOARD_COLUMNS if fmt]
+        cells.insert(5, "")  # bits/dim
+        lines.append(f"| real vs real (floor, n = {number(floor['num_samples'], 0)}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_precision(sources: list[str]) -> list[str]:
+    base_path, other_path = sources
+    base = {r["family"]: r for r in load_json(base_path) if r.get("kind") == "family"}
+    other = {r["family"]: r for r in load_json(other_path) if r.get("kind") == "family"}
+    lines = [
+        "| family | train img/s fp32 → bf16 | images seen | FID fp32 → bf16 | recall fp32 → bf16 | bits/dim fp32 → bf16 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family, a in base.items():
+        b = other.get(family)
+        if b is None:
+            continue
+        speed = b["train_images_per_second"] / a["train_images_per_second"]
+        bpd = (
+            f"{number(a['bpd'], 2)} → {number(b['bpd'], 2)}"
+            if a.get("bpd") is not None and b.get("bpd") is not None
+            else "–"
+        )
+        lines.append(
+            f"| {family_label({'family': family})} "
+            f"| {number(a['train_images_per_second'], 0)} → {number(b['train_images_per_second'], 0)} ({speed:.2f}x) "
+            f"| {number(a['images_seen'], 0)} → {number(b['images_seen'], 0)} "
+            f"| {number(a['fid'], 1)} → {number(b['fid'], 1)} | {percent(a['recall'])} → {percent(b['recall'])} "
+            f"| {bpd} |"
+        )
+    return lines
+
+
+def render_results_index(sources: list[str]) -> list[str]:
+    folders = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/environment.json"))
+    if not folders:
+        return ["No GPU results committed yet: `scripts/gpu_check.sh --showdown` makes the folder."]
+    lines = ["| results | device | torch | CUDA | files |", "|---|---|---|---|---|"]
+    for folder in folders:
+        env = json.loads((folder / "environment.json").read_text())
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
+        rel = folder.relative_to(REPO).as_posix()
+        lines.append(
+            f"| [{folder.name}]({rel}/) | {env.get('device')} | {env.get('torch')} | {env.get('torch_cuda') or '–'} "
+            f"| {files} |"
+        )
+    return lines
+
+
+RENDERERS: dict[str, Callable[[list[str]], list[str]]] = {
+    "leaderboard": render_leaderboard,
+    "precision": render_precision,
+    "results-index": render_results_index,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+def render_block(spec: str) -> str:
+    """The body a marker's spec asks for: ``<renderer> source=<path> ...``."""
+    name, *args = spec.split()
+    if name not in RENDERERS:
+        raise DocNumbersError(f"unknown doc-numbers renderer '{name}': use one of {', '.join(RENDERERS)}")
+    sources = [a.removeprefix("source=") for a in args if a.startswith("source=")]
+    return "\n".join(RENDERERS[name](sources)) + "\n"
+
+
+def process(text: str) -> tuple[str, list[str]]:
+    """(the text with every block rendered, the specs of the blocks that changed)."""
+    changed: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        body = render_block(m["spec"])
+        if body != m["body"]:
+            changed.append(m["spec"])
+        return m["open"] + body + m["close"]
+
+    return BLOCK.sub(sub, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs from its source")
+    ap.add_argument("files", nargs="*", help=f"files to process (default: {', '.join(DOCS)})")
+    args = ap.parse_args(argv)
+    stale = []
+    for name in args.files or DOCS:
+        path = Path(name) if Path(name).is_absolute() else REPO / name
+        text = path.read_text()
+        try:
+            new, changed = process(text)
+        except DocNumbersError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return 2
+        for spec in changed:
+            stale.append(f"{name}: <!-- doc-numbers: {spec} --> differs from its source")
+        if changed and not args.check:
+            path.write_text(new)
+    if stale:
+        print("\n".join(stale), file=sys.stderr if args.check else sys.stdout)
+        if args.check:
+            print("run `python scripts/doc_numbers.py` to render them from their sources", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
