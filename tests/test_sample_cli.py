@@ -122,3 +122,26 @@ def test_refuses_to_overwrite_and_bad_requests_in_one_line(trained: SimpleNamesp
     with pytest.raises(GenbenchError, match="format=tiff"):
         _sample(trained, f"out={tmp_path / 'bad'}", "format=tiff")
     assert not (tmp_path / "bad").exists()
+
+
+def test_paper_preset_is_fid50k_against_the_training_set_and_needs_local_weights(
+    trained: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """metrics=paper: 50,000 samples, the train split, torch-fidelity's InceptionV3; without its
+    weights genbench-eval stops before sampling, in one line that names where the file goes."""
+    from genbench.evaluate import evaluate
+    from genbench.metrics import MetricsConfig
+    from genbench.metrics.inception import INCEPTION_FILENAME
+    from genbench.metrics.spec import INCEPTION
+
+    cfg = api.compose([f"ckpt_path={trained.ckpt}", "metrics=paper"], "eval", output_dir=tmp_path)
+    settings = MetricsConfig.from_mapping(cfg.metrics)
+    assert (settings.num_samples, settings.split, settings.extractor) == (50_000, "train", INCEPTION)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache
+    with pytest.raises(GenbenchError) as e:
+        evaluate(cfg)
+    message = str(e.value)
+    assert "\n" not in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / INCEPTION_FILENAME) in message
+    assert "metrics.inception_weights=" in message
+    assert not (trained.ckpt.parent / "metrics.json").exists()  # nothing was sampled or written
