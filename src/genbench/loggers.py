@@ -1,12 +1,14 @@
 """Experiment loggers from the ``logger`` config group, and the W&B details Hydra runs need.
 
-W&B is the logger that talks to the network, so it gets the care here: it goes offline when no
-credentials are configured (nothing ever waits on the network), every run directory keeps its own
-W&B run id (a resumed or requeued job continues its run instead of starting a new one), runs get
-short names (``<model>-<data>-s<seed>``, plus a digest of any other overrides), the jobs of a
-multirun are grouped under the experiment's or sweep's name, the config's ``tags`` plus family and
-dataset tag every run, and each job closes its run so the next job of a sequential multirun
-starts a fresh one.
+W&B is the logger that talks to the network, so it gets the care here: it goes offline when W&B
+itself finds no credentials for its host (nothing ever waits on the network), every run directory
+keeps its own W&B run id (a resumed or requeued job continues its run instead of starting a new
+one), runs get short names (``<model>-<data>-s<seed>``, plus a digest of any other overrides), the
+jobs of a multirun are grouped under the experiment's or sweep's name, the config's ``tags`` plus
+family and dataset tag every run, and each job closes its run so the next job of a sequential
+multirun starts a fresh one. What reaches W&B beyond the logged numbers is built here too: the
+checkpoints as ``model`` artifacts (``logger.wandb.log_model``), an evaluation's samples table and
+class histograms, and a benchmark report as an artifact.
 """
 
 from __future__ import annotations
@@ -25,29 +27,56 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.config import build
 from genbench.distributed import is_rank_zero
+from genbench.errors import GenbenchError
+from genbench.extras import require_extra
 from genbench.io import atomic_write_bytes
 from genbench.rundir import RunLayout
 
 log = logging.getLogger("genbench")
 
 
+#: how to log in, for the line that says a run went offline
+LOGIN_HINT = (
+    "log in with `wandb login` (a self-hosted server: `wandb login --host https://<server>`, or set "
+    "WANDB_BASE_URL and WANDB_API_KEY), and upload offline runs later with `wandb sync <run dir>/wandb/offline-run-*`"
+)
+
+
 def wandb_has_credentials() -> bool:
-    """An API key in the environment or in ~/.netrc, or an explicit WANDB_MODE, counts as configured."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    """Whether W&B itself finds credentials for the server it would log to.
+
+    Asked of W&B's own resolver, never by reading files here, so every way W&B logs in counts: the
+    server is ``WANDB_BASE_URL`` or the one ``wandb login --host`` saved in W&B's settings (else
+    api.wandb.ai), and its credentials are ``WANDB_API_KEY``, an identity token file
+    (``WANDB_IDENTITY_TOKEN_FILE``), that server's entry in the netrc file (``NETRC`` or ~/.netrc) or
+    an API key in W&B's settings. Nothing is prompted for and the server is not contacted. A key
+    W&B finds but could not use (malformed) is one clear error rather than a run that fails later."""
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
     try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
+        auth = wbauth.authenticate_session(host=host, source="genbench", prompt=False, update_session=False)
+    except AuthenticationError as e:
+        raise GenbenchError(
+            f"W&B found credentials for {settings.base_url} but cannot use them ({e}): log in again with "
+            "`wandb login --relogin`, or set WANDB_MODE=offline."
+        ) from None
+    return auth is not None
 
 
 def wandb_mode() -> str | None:
     """The W&B mode to ask for: None where WANDB_MODE already decides (W&B reads it itself),
-    "online" with credentials, else "offline" so that nothing ever waits on the network."""
+    "online" when W&B finds credentials, else "offline" (with one line saying how to log in) so that
+    nothing ever waits on the network."""
     if os.environ.get("WANDB_MODE"):
         return None
-    return "online" if wandb_has_credentials() else "offline"
+    if wandb_has_credentials():
+        return "online"
+    log.info("W&B: no credentials found, logging offline; %s.", LOGIN_HINT)
+    return "offline"
 
 
 def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
@@ -60,6 +89,7 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
             continue
         conf = OmegaConf.to_container(conf, resolve=True)
         if conf["_target_"].endswith("WandbLogger"):
+            require_extra("wandb", f"logger '{name}' (W&B)")
             conf = _wandb_kwargs(conf, cfg)
         loggers.append(build(conf, f"logger '{name}'"))
     return loggers
@@ -130,10 +160,13 @@ def run_tags(cfg: DictConfig, extra: list[str] | None = None) -> list[str]:
 
 
 def _wandb_kwargs(conf: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
-    if conf.get("offline") == "auto":
-        conf["offline"] = not wandb_has_credentials()
-        if conf["offline"]:
-            log.info("W&B: no credentials configured, logging offline (upload later with `wandb sync`).")
+    # offline (auto: without credentials) is passed to W&B as its mode: Lightning's own ``offline``
+    # refuses log_model (checkpoints are uploaded by `wandb sync` with the rest of an offline run)
+    # and sets WANDB_MODE for the whole process
+    offline = conf.pop("offline", False)
+    mode = wandb_mode() if offline == "auto" else ("offline" if offline else None)
+    if mode == "offline":
+        conf["mode"] = "offline"
     if conf.get("group") == "auto":
         conf["group"] = run_group(cfg)
     if conf.get("name") == "auto":
@@ -168,3 +201,81 @@ def finish_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+# --- what reaches W&B beyond the logged numbers -----------------------------------------------------
+def wandb_loggers(loggers: list[Any]) -> list[Any]:
+    """The W&B loggers among ``loggers`` (none when W&B is not installed: nothing to log to)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
+def report_checkpoint(trainer: pl.Trainer, checkpoint_callback: Any) -> None:
+    """Tell the trainer's loggers that ``checkpoint_callback`` saved a file, as ModelCheckpoint
+    does after its own saves: W&B's ``log_model`` then uploads the callback's ``last_model_path``
+    (last.ckpt, alias ``latest``) and its best checkpoint (aliases ``latest`` and ``best``) as
+    ``model`` artifacts: every save with ``log_model: all``, once at the end with ``true``."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(checkpoint_callback)
+
+
+def log_file_artifact(run: Any, path: str | Path, name: str, kind: str) -> None:
+    """Log one file as a W&B artifact of ``run`` (e.g. a benchmark's report.html, type ``report``)."""
+    import wandb
+
+    artifact = wandb.Artifact(name=name, type=kind)
+    artifact.add_file(str(path), name=Path(path).name)
+    run.log_artifact(artifact)
+
+
+#: samples shown in an evaluation's W&B table
+TABLE_SAMPLES = 32
+
+
+def class_histogram(fractions: list[float]) -> Any:
+    """A class histogram (one fraction per class) as a W&B Histogram with one bin per class."""
+    import numpy as np
+    import wandb
+
+    return wandb.Histogram(np_histogram=(np.asarray(fractions, dtype=float), np.arange(len(fractions) + 1)))
+
+
+def log_evaluation_media(
+    loggers: list[Any],
+    images: Any,
+    result: dict[str, Any],
+    step: int,
+    per_sample: dict[str, list[Any]] | None = None,
+    labels: Any = None,
+    prefix: str = "eval/",
+) -> bool:
+    """Log an evaluation's samples table and class histograms to every W&B logger.
+
+    The table has one row per sample: the image, its asked class (``labels``, a conditional model)
+    and the per-sample metrics that exist (``per_sample``: the in-domain classifier's predicted class
+    and confidence, the distance to the nearest training image; see
+    :func:`genbench.metrics.per_sample.per_sample_metrics`). The generated and real class
+    histograms of mode coverage (``class_hist``, ``real_class_hist``) become W&B histograms with one
+    bin per class. Returns whether anything was logged."""
+    runs = [lg.experiment for lg in wandb_loggers(loggers)]
+    if not runs or not is_rank_zero():
+        return False
+    import wandb
+
+    images = images[:TABLE_SAMPLES]
+    columns = ["image", *(["class"] if labels is not None else []), *(per_sample or {})]
+    rows = []
+    for i, image in enumerate(images):
+        row = [wandb.Image(image.permute(1, 2, 0).squeeze(-1).numpy())]
+        row += [int(labels[i])] if labels is not None else []
+        row += [values[i] for values in (per_sample or {}).values()]
+        rows.append(row)
+    media: dict[str, Any] = {f"{prefix}samples": wandb.Table(columns=columns, data=rows)}
+    for key in ("class_hist", "real_class_hist"):
+        if result.get(key):
+            media[f"{prefix}{key}"] = class_histogram(result[key])
+    for run in runs:
+        run.log({**media, "trainer/global_step": step})
+    return True

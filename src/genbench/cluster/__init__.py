@@ -15,9 +15,26 @@ The save-and-requeue mechanism itself is a Lightning callback, :class:`genbench.
 imports ``cluster/``, never the other way round.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from genbench.cluster.environment import cluster_plugins, in_slurm_job, slurm_restart_count
-from genbench.cluster.launcher import GenbenchSlurmLauncher, SlurmJobsLost
 from genbench.cluster.preflight import LauncherPreflight, check_launcher, check_partition
+
+#: names of :mod:`~genbench.cluster.launcher`, imported on first use: that module subclasses
+#: hydra-submitit-launcher's launcher, which only the ``slurm`` extra installs (the rest of this
+#: package, which every training run imports, needs no extra).
+_LAUNCHER_NAMES = ("GenbenchSlurmLauncher", "SlurmJobsLost")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAUNCHER_NAMES:
+        from genbench.cluster import launcher
+
+        return getattr(launcher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GenbenchSlurmLauncher",

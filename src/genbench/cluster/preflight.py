@@ -20,11 +20,9 @@ from omegaconf import DictConfig
 
 from genbench.cluster.resources import as_int, devices_per_node, uses_gpus
 from genbench.errors import GenbenchError, user_errors
+from genbench.extras import require_extra
 
 log = logging.getLogger("genbench.cluster")
-
-SUBMITIT_INSTALL = "pip install 'submitit==1.5.4' 'hydra-submitit-launcher==1.2.0' (both are genbench dependencies)"
-
 
 #: how long sinfo may take to answer; a slurmctld that does not answer in this time will not take jobs either
 SINFO_TIMEOUT_S = 30
@@ -127,14 +125,7 @@ def check_launcher(cfg: DictConfig) -> None:
     launcher = cfg.hydra.launcher
     target = str(launcher.get("_target_", ""))
     slurm = target.endswith("SlurmLauncher")
-    try:
-        import hydra_plugins.hydra_submitit_launcher.submitit_launcher  # noqa: F401
-        import submitit  # noqa: F401
-    except ImportError as e:
-        raise GenbenchError(
-            f"hydra/launcher={'slurm' if slurm else 'local'} needs submitit and the Hydra submitit launcher "
-            f"({e}): {SUBMITIT_INSTALL}."
-        ) from None
+    require_extra("slurm", f"hydra/launcher={'slurm' if slurm else 'local'}")
 
     trainer = cfg.get("trainer") or {}
     accelerator, devices = trainer.get("accelerator"), trainer.get("devices")
