@@ -1,6 +1,6 @@
 # genbench: the two commands of the quick start are `make demo` and `make test`.
-# Each one sets up everything it needs first (venv, pinned stack, Fashion-MNIST), so both work
-# on a brand-new machine that has only Python 3.11 and the package registries.
+# Each one sets up everything it needs first (venv, the stack of constraints.txt, Fashion-MNIST),
+# so both work on a brand-new machine that has only Python (3.11 to 3.13) and the package registries.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -9,19 +9,25 @@ STAMP  := $(VENV)/.genbench-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test lint clean-outputs
+.PHONY: setup data demo test lint constraints clean-outputs
 
 setup: $(STAMP) data
 
-# torch first, by exact version: pip takes it from the local wheel cache where one exists and
-# never drifts to another CUDA build. Then the project itself (editable: configs live in conf/).
-$(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
+# The project (editable: configs live in conf/) with every extra and the test tools, at the exact
+# versions of constraints.txt (pyproject.toml only gives ranges). Stamped: nothing runs again until
+# pyproject.toml or constraints.txt changes.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or later, or run 'make PYTHON=/path/to/python3'"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# constraints.txt again from the venv (after adding or removing a dependency): its header, then
+# every installed distribution but genbench itself at its exact version.
+constraints: $(STAMP)
+	{ sed -n '/^#/!q;p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -iv '^genbench[= @]'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no dataset downloads here).
 data:
