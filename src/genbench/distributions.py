@@ -70,6 +70,13 @@ def nats_to_bits_per_dim(nats: torch.Tensor | float, dims: int) -> torch.Tensor 
     return nats / (dims * math.log(2))
 
 
+def class_prior_nats(num_classes: int | None) -> float:
+    """What turns a bound on -log p(x|y) into one on -log p(x) under a uniform prior over
+    ``num_classes`` classes: log K nats per image (0 for an unconditional model, None). Here, below
+    both the models (a conditional model's logged bits/dim) and the evaluation, so both add the same."""
+    return 0.0 if num_classes is None else math.log(num_classes)
+
+
 def logmeanexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """log(mean(exp(x))) along ``dim`` without overflow: the IWAE estimator's last step."""
     return torch.logsumexp(x, dim) - math.log(x.shape[dim])

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from genbench import GenbenchError
-from genbench.distributions import LikelihoodConfig, nats_to_bits_per_dim
+from genbench.distributions import LikelihoodConfig, class_prior_nats, nats_to_bits_per_dim
 from genbench.registry import IMPLICIT, find_family
 
 #: what a model without a likelihood reports (an implicit model)
@@ -62,12 +62,6 @@ def fixed_subset(n_total: int, n: int) -> torch.Tensor:
 
 
 # --- the evaluation ----------------------------------------------------------------------------
-def class_prior_nats(num_classes: int | None) -> float:
-    """What turns a bound on -log p(x|y) into one on -log p(x) under a uniform prior over
-    ``num_classes`` classes: log K nats per image (0 for an unconditional model, None)."""
-    return 0.0 if num_classes is None else math.log(num_classes)
-
-
 def evaluate_likelihood(
     model: Any,
     images: torch.Tensor,

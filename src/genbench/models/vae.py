@@ -33,6 +33,7 @@ from torch import nn
 from genbench import GenbenchError
 from genbench.distributions import (
     LikelihoodConfig,
+    class_prior_nats,
     discretized_gaussian_log_likelihood,
     discretized_logistic_log_likelihood,
     logmeanexp,
@@ -264,10 +265,8 @@ class VAE(GenerativeModel):
         images only for the discretised likelihoods (logged as ``val/bpd``); for the Bernoulli and
         the Gaussian it is the training loss in other units (logged as ``val/neg_elbo_bits``). For a
         conditional VAE, ``neg_elbo`` bounds -log p(x|y) and log K is added: with the uniform class
-        prior, -log p(x) <= -log p(x|y) + log K (:func:`genbench.metrics.likelihood.class_prior_nats`),
-        so its bits/dim bound p(x) as an unconditional model's do."""
-        from genbench.metrics.likelihood import class_prior_nats  # the one place of the correction
-
+        prior, -log p(x) <= -log p(x|y) + log K (:func:`genbench.distributions.class_prior_nats`, which
+        the evaluation adds too), so its bits/dim bound p(x) as an unconditional model's do."""
         return (neg_elbo + class_prior_nats(self.num_classes)) / (self.channels * self.image_size**2 * math.log(2))
 
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
