@@ -138,6 +138,15 @@ def test_evaluator_applies_the_classifier_and_fid_as_a_hand_run_does(extractor: 
     assert "cond_accuracy" not in evaluator.evaluate(images) and "intra_fid" not in evaluator.evaluate(images)
 
 
+@pytest.fixture
+def standin_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in's FamilySpec in the registry for one test (genbench's own families stay)."""
+    from genbench import registry
+
+    registry.families()
+    monkeypatch.setitem(registry._REGISTRY, SPEC.name, SPEC)
+
+
 @pytest.fixture(scope="module")
 def conditional_run(extractor: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A tiny run of the stand-in conditional family (registered while this module runs), with the
@@ -250,3 +259,21 @@ def report_verdict(report: dict, runs: list) -> list[str]:
     from genbench.report.verdict import verdict
 
     return verdict(report["rows"], runs)
+
+
+def test_genbench_eval_labels_are_one_class_or_classes_in_turn(standin_registered: None) -> None:
+    from omegaconf import OmegaConf
+
+    from genbench.evaluate import evaluation_labels, guidance_kwargs
+
+    model = ClassBank(1, 8, num_classes=4)
+    assert evaluation_labels(model, 6, None).tolist() == [0, 1, 2, 3, 0, 1]  # balanced
+    assert evaluation_labels(model, 4, 3).tolist() == [3, 3, 3, 3]
+    assert evaluation_labels(model, 5, OmegaConf.create([0, 3])).tolist() == [0, 3, 0, 3, 0]
+    with pytest.raises(GenbenchError, match="Classes must lie in 0..3"):
+        evaluation_labels(model, 4, 7)
+    with pytest.raises(GenbenchError, match="unconditional"):
+        evaluation_labels(ClassBank(1, 8, conditional=False), 4, 1)
+    assert guidance_kwargs(OmegaConf.create({"guidance": 2}), model) == {"guidance": 2.0}
+    with pytest.raises(GenbenchError, match="takes no guidance"):
+        guidance_kwargs(OmegaConf.create({"guidance": 2}), ClassBank(1, 8, conditional=False))
