@@ -29,7 +29,7 @@ else:
     from hydra.plugins.launcher import Launcher
 
     from genbench.errors import user_errors
-    from genbench.extras import missing_extra
+    from genbench.extras import missing_extra, require_extra
 
     class GenbenchSlurmLauncher(Launcher):  # type: ignore[no-redef]
         """Stand-in while the ``slurm`` extra is missing: building it ends the run with one line.
@@ -37,6 +37,7 @@ else:
 
         def __init__(self, **params: Any) -> None:
             with user_errors():
+                require_extra("slurm", "hydra/launcher=slurm")  # raises, naming the module that is missing
                 raise missing_extra("slurm", "hydra/launcher=slurm")
 
         def setup(self, **kwargs: Any) -> None:  # noqa: D102 - never reached

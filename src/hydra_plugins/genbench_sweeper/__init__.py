@@ -29,13 +29,16 @@ else:
     from hydra.plugins.sweeper import Sweeper
 
     from genbench.errors import user_errors
-    from genbench.extras import missing_extra
+    from genbench.extras import missing_extra, require_extra
 
     class ResumableOptunaSweeper(Sweeper):  # type: ignore[no-redef]
         """Stand-in while the ``optuna`` extra is missing: building it ends the run with one line."""
 
         def __init__(self, **params: Any) -> None:
             with user_errors():
+                require_extra(
+                    "optuna", "hparams_search (the Optuna sweeper)"
+                )  # raises, naming the module that is missing
                 raise missing_extra("optuna", "hparams_search (the Optuna sweeper)")
 
         def setup(self, **kwargs: Any) -> None:  # noqa: D102 - never reached
