@@ -117,6 +117,9 @@ class GAN(GenerativeModel):
             raise GenbenchError(
                 f"model.g_ema_decay={g_ema_decay!r}: use a number in [0, 1) (0 or null: off; e.g. 0.999)."
             )
+        # a plain string (a list from the config would be saved as an OmegaConf object in the
+        # checkpoint's hyperparameters, which weights_only loading refuses)
+        diffaugment = ",".join(parse_policy(diffaugment))
         self.enable_conditioning(conditional, num_classes)
         for name, net in (("generator", generator), ("discriminator", discriminator)):
             net_classes = getattr(net, "num_classes", None)
