@@ -333,15 +333,19 @@ def test_wandb_goes_offline_without_credentials(train_cfg, tmp_path: Path, monke
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with an api.wandb.ai entry
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    import wandb
+
     from genbench.loggers import wandb_has_credentials
 
+    wandb.teardown()  # W&B reads its settings once per process: from this environment
     assert not wandb_has_credentials()
     metrics = train(train_cfg("model=vae", "logger=[csv,wandb]"))
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "W&B must write exactly one offline run"
     assert list(runs[0].glob("run-*.wandb"))  # the run's data file, ready for `wandb sync`
     assert metrics["global_step"] == 6
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    (tmp_path / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {'k' * 40}\n")
+    wandb.teardown()  # W&B reads its settings once per process
     assert wandb_has_credentials()
 
 

@@ -30,7 +30,7 @@ from genbench.config import print_config_tree
 from genbench.errors import GenbenchError, user_errors
 from genbench.extras import require_extra
 from genbench.io import atomic_write_bytes
-from genbench.loggers import wandb_mode
+from genbench.loggers import log_file_artifact, wandb_mode
 from genbench.report.build import hints_text, write_report
 from genbench.report.collect import failed_runs_line, find_runs
 from genbench.report.floor import real_floor
@@ -105,7 +105,9 @@ def training_command(cfg: DictConfig, family: str, sweep_dir: Path) -> list[str]
     if cfg.launcher:
         cmd.append(f"hydra/launcher={cfg.launcher}")
     if cfg.wandb:
-        cmd += ["logger=[csv,wandb]", f"logger.wandb.group={sweep_dir.parent.parent.name}"]
+        # the benchmark's project, one group per benchmark run (its report run joins the same group)
+        group = sweep_dir.parent.parent.name
+        cmd += ["logger=[csv,wandb]", f"logger.wandb.project={cfg.wandb_project}", f"logger.wandb.group={group}"]
     cmd += list(cfg.budget.get("train_overrides") or [])
     cmd += list(cfg.train_overrides or [])
     cmd += list((cfg.family_overrides or {}).get(family) or [])
@@ -220,6 +222,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         wandb_run=wandb_run,
     )
     if wandb_run is not None:
+        log_file_artifact(wandb_run, report["paths"]["html"], f"report-{out_dir.name}", "report")
         wandb_run.finish()
     print(report["paths"]["md"].read_text())
     print(hints_text(report["hints"]), end="")

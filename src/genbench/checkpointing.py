@@ -172,16 +172,29 @@ def save_last_checkpoint(trainer: pl.Trainer, pending: bool = False) -> Path:
 
     With ``pending`` the file is ``.last.ckpt.pending`` instead, for the caller to promote with
     :func:`promote_pending` once the weights have proved sane. Collective under DDP (every rank
-    calls it, rank 0 writes). Recorded as ModelCheckpoint's own "last", so a later save of the run
-    overwrites it instead of writing ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
+    calls it, rank 0 writes). Recorded as the "last" of the ModelCheckpoint of that directory (see
+    :func:`track_last`)."""
     use_atomic_checkpoint_io(trainer)
     ckpt_dir = checkpoint_dir(trainer)
     last = ckpt_dir / (f".{LAST}.pending" if pending else LAST)
-    for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "save_last", False) and Path(getattr(cb, "dirpath", "") or "") == ckpt_dir:
-            cb.last_model_path = str(last)
     trainer.save_checkpoint(last)
+    if not pending:
+        track_last(trainer, last)
     return last
+
+
+def track_last(trainer: pl.Trainer, last: Path) -> None:
+    """Record ``last`` (a complete last.ckpt) as the ``last_model_path`` of the ModelCheckpoint(s)
+    of its directory and tell the loggers, as ModelCheckpoint does after its own saves. So a later
+    save of that callback overwrites it instead of writing ``last-v1.ckpt`` beside a stale
+    ``last.ckpt``, and a logger that uploads checkpoints (W&B's ``log_model``) uploads last.ckpt
+    too, not only ModelCheckpoint's best."""
+    from genbench.loggers import report_checkpoint
+
+    for cb in trainer.checkpoint_callbacks:
+        if Path(getattr(cb, "dirpath", "") or "") == last.parent and hasattr(cb, "last_model_path"):
+            cb.last_model_path = str(last)
+            report_checkpoint(trainer, cb)
 
 
 def promote_pending(trainer: pl.Trainer, pending: Path) -> Path:
@@ -189,6 +202,7 @@ def promote_pending(trainer: pl.Trainer, pending: Path) -> Path:
     last = pending.with_name(LAST)
     if trainer.is_global_zero and pending.is_file():
         replace_durably(pending, last)
+    track_last(trainer, last)
     return last
 
 

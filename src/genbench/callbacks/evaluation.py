@@ -35,6 +35,7 @@ import torch
 from genbench.callbacks.budget import TrainingBudget
 from genbench.errors import GenbenchError
 from genbench.io import atomic_write_bytes, atomic_write_json
+from genbench.loggers import TABLE_SAMPLES, log_evaluation_media, wandb_loggers
 from genbench.metrics import Evaluator, MetricsConfig, sample_uint8, scalar_results
 from genbench.metrics import conditional as cond
 from genbench.metrics.record import CALLBACK, EvalRecord
@@ -107,6 +108,8 @@ class EvaluationCallback(pl.Callback):
         self.last_result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._last_step = -1
+        #: the first samples of the latest evaluation and their classes, for the W&B samples table
+        self._media: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # --- when ----------------------------------------------------------------------------------
     def _active(self, trainer: pl.Trainer) -> bool:
@@ -183,6 +186,7 @@ class EvaluationCallback(pl.Callback):
                         {f"{PREFIX}extractor": result.get("extractor"), f"{PREFIX}real": result.get("real")}
                     )
             self._write(trainer, result, final)
+            self._log_media(trainer, result)
             shown = ", ".join(f"{k.removeprefix(PREFIX)}={v:.4g}" for k, v in scalars.items())
             log.info(
                 "Evaluation at step %d (%s, n=%d): %s",
@@ -222,6 +226,18 @@ class EvaluationCallback(pl.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
             trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+
+    def _log_media(self, trainer: pl.Trainer, result: Mapping[str, Any]) -> None:
+        """The evaluation's samples table (image, asked class, the per-sample numbers that exist)
+        and class histograms, on the run's W&B loggers (rank 0; nothing without one)."""
+        media, self._media = self._media, None
+        if media is None:
+            return
+        from genbench.metrics.per_sample import per_sample_metrics
+
+        images, labels = media
+        per_sample = per_sample_metrics(self.evaluator(trainer), images)
+        log_evaluation_media(trainer.loggers, images, dict(result), trainer.global_step, per_sample, labels)
 
     @staticmethod
     def scalars(result: Mapping[str, Any]) -> dict[str, float]:
@@ -290,6 +306,8 @@ class EvaluationCallback(pl.Callback):
                     )
                 except GenbenchError as e:
                     result = {"error": str(e)}
+                if guidance is None and wandb_loggers(trainer.loggers):
+                    self._media = (images[:TABLE_SAMPLES], None if labels is None else labels[:TABLE_SAMPLES])
                 if "closest_pairs" in result:  # relative to the run directory: the run stays movable
                     result["closest_pairs"] = (
                         Path(result["closest_pairs"]).relative_to(self.run_dir(trainer)).as_posix()
