@@ -2,6 +2,7 @@
 
     bash scripts/gpu_check.sh --prepare                 # before copying the tree (wheels + Fashion-MNIST)
     OUT=/some/dir bash scripts/gpu_check.sh             # on the GPU machine (gets a Python env first)
+    OUT=/some/dir bash scripts/gpu_check.sh --showdown  # the GPU showdown: budget=gpu + perf_gpu.py
     .venv/bin/python scripts/gpu_check.py --tiny --out /tmp/gc   # the CPU smoke run (CI, tests)
 
 docs/performance.md says how to run it and what it found on an H100 and an H200.
@@ -26,16 +27,24 @@ leaves what was measured). Steps, in the order they run:
    also with DDIM 10 and the 1000-step ancestral sampler; its leaderboard is copied into OUT.
 
 The DDP check runs before the benchmark because it is short and fixed, while the benchmark is the
-one step whose size can follow the time that is left. Everything lands in OUT/gpu_check.json and
+one step whose size can follow the time that is left.
+
+--showdown runs other steps in 540 s: environment; benchmark = ``genbench-benchmark budget=gpu``
+as it is (every family on the same image count, 10,000-sample evaluations; sized for at most 8
+minutes on an H100 in conf/budget/gpu.yaml), whose results folder <date>-<gpu>/ (leaderboard,
+report, grids, environment.json) goes to --results-dir (default docs/results, to commit) and to
+OUT/results.tar.gz; perf_gpu = scripts/perf_gpu.py (the 35.7M-parameter UNet's images/s and MFU)
+in the time that is left, its numbers added to the folder. Everything lands in OUT/gpu_check.json and
 OUT/gpu_check.md (printed at the end), beside the leaderboard, the benchmark's report.html and
 details.tar.gz (logs and the runs' result files): a device tool brings back at most 8 files.
 Bulky run directories (checkpoints) stay in --work-dir.
 
---tiny (or GPU_CHECK_TINY=1) runs the same code on the CPU in about 90 s on 2 cores: tiny
+--tiny (or GPU_CHECK_TINY=1) runs the same code on the CPU in about 110 s on 2 cores: tiny
 networks on synthetic data, fp32 and bf16 (2 steps: bf16 is slow on a CPU), torch.compile with
 the "aot_eager" backend (Dynamo's graph capture and AOTAutograd's forward/backward graphs, all
-but Inductor's C++ code generation, which would cost more than the whole check), budget=tiny,
-and the DDP multirun with trainer=ddp_cpu on 2 processes.
+but Inductor's C++ code generation, which would cost more than the whole check), the DDP multirun
+with trainer=ddp_cpu on 2 processes, the showdown's benchmark (budget=gpu's family settings on the
+tiny protocol: 320 images, 200 samples) with its results folder, and perf_gpu.py --tiny.
 """
 
 from __future__ import annotations
@@ -66,6 +75,13 @@ FAMILIES = ("gan", "vae", "ddpm")
 #: `make setup`): a loan has 15 minutes of device time, machine start included.
 GPU_TIME_LIMIT_S = 480
 TINY_TIME_LIMIT_S = 480  # a fresh clone (cold caches, first compiles) on 2 cores needs more than a warm one
+#: --showdown: genbench-benchmark budget=gpu (sized for at most 8 minutes on an H100, about 6 by
+#: its arithmetic in conf/budget/gpu.yaml) and then scripts/perf_gpu.py in what is left; 9 minutes
+#: of command time in all, so that a 15-minute slot also covers the machine's start
+SHOWDOWN_TIME_LIMIT_S = 540
+#: the least time the perf_gpu step is started with (fp32 and bf16 of the 35.7M UNet and their FLOP
+#: count, about 30 s on an H100 with the process's start); the benchmark leaves it that much
+PERF_GPU_MIN_S = 45
 
 
 def tiny_model() -> dict[str, list[str]]:
@@ -174,9 +190,11 @@ def run_guarded(cmd: list[str], timeout: float, log_path: Path, env: dict[str, s
 # ------------------------------------------------------------------------------------------------
 def make_plan(tiny: bool, args: argparse.Namespace) -> dict[str, Any]:
     """Everything a worker needs to know, as JSON (workers are separate processes)."""
+    variant = "showdown" if args.showdown else "check"
     if tiny:
         return {
             "mode": "tiny",
+            "variant": variant,
             "accelerator": "cpu",
             "batch_size": 32,
             "unique_batches": 4,
@@ -198,6 +216,7 @@ def make_plan(tiny: bool, args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         "mode": "gpu",
+        "variant": variant,
         "accelerator": "gpu",
         "batch_size": args.batch_size,
         "unique_batches": 8,
@@ -593,6 +612,8 @@ class Check:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.data_root = args.data_root or os.environ.get("GPU_CHECK_DATA_ROOT") or None
         self.data = "synthetic" if tiny else args.data
+        self.results_dir = Path(args.results_dir or (work / "results" if tiny else REPO / "docs" / "results")).resolve()
+        self.evidence_dir: Path | None = None
         self.report: dict[str, Any] = {
             "schema": 1,
             "mode": self.plan["mode"],
@@ -858,10 +879,18 @@ class Check:
         shutil.rmtree(out_dir, ignore_errors=True)
         cmd = [sys.executable, "-m", "genbench.benchmark", f"hydra.run.dir={out_dir}", "print_config=false"]
         cache = [f"paths.cache_dir={self.args.cache_dir}"] if self.args.cache_dir else []
+        quiet = ["callbacks.progress_bar=null", "callbacks.model_summary=null"]
         if self.tiny:
+            # budget=gpu's sections and family settings (its samplers, its bounds) on the tiny
+            # protocol: synthetic shapes, tiny networks, 320 images, 200 samples
             train = [*cache]
-            cmd += ["budget=tiny", *cache]
-            sizing = {"budget": "tiny", "max_images_per_family": 320, "eval_samples": 200}
+            cmd += ["budget=gpu", "budget.experiment=benchmark/tiny", "++budget.tiny_networks=true", *cache]
+            sizing = {"budget": "gpu (tiny protocol)", "max_images_per_family": 320, "eval_samples": 200}
+        elif self.plan["variant"] == "showdown":
+            data = data_overrides(self.data, False, self.data_root)
+            train = [*(data if self.data != "fashion_mnist" or self.data_root else []), *quiet, *cache]
+            cmd += ["budget=gpu", *cache]
+            sizing = {"budget": "gpu", "limit_s": round(limit)}
         else:
             n = len(FAMILIES)
             fit = (limit - 20 - BENCH_FIXED_S - n * BENCH_PER_FAMILY_S) / n
@@ -920,7 +949,10 @@ class Check:
                 shutil.copy2(out_dir / name, (self.out if top else dest) / name)
                 copied.append(name)
         runs = {}  # per family: what its run left, also when the benchmark itself did not finish
-        for family in FAMILIES:
+        families = (
+            sorted(p.name for p in (out_dir / "runs").iterdir() if p.is_dir()) if (out_dir / "runs").is_dir() else []
+        )
+        for family in families:
             run_dir = out_dir / "runs" / family / "0"
             files = {}
             for name in ("metrics.json", "budget.json", "sampling.json", "failed.json", "eval/final.json"):
@@ -932,8 +964,13 @@ class Check:
             runs[family] = files
         leaderboard = json.loads((out_dir / "leaderboard.json").read_text()) if "leaderboard.json" in copied else None
         families_ok = [r["family"] for r in leaderboard or [] if r.get("status") == "ok"]
-        ok = run["returncode"] == 0 and set(families_ok) >= set(FAMILIES)
+        ok = run["returncode"] == 0 and bool(families) and set(families_ok) >= set(families)
+        # the results folder: the showdown's (and, to test it, the tiny run's); the check's benchmark is
+        # a cut-down smoke test, not a result to keep
+        keep = self.tiny or self.plan["variant"] == "showdown"
+        evidence = self.write_evidence(out_dir) if keep and "leaderboard.json" in copied else None
         return {
+            "evidence": evidence,
             "ok": ok,
             "command": " ".join(cmd[2:]),
             "sizing": sizing,
@@ -949,6 +986,82 @@ class Check:
             ),
         }
 
+    # --- the results folder: what docs/results/<date>-<device>/ keeps of a benchmark --------------
+    def write_evidence(self, bench_dir: Path) -> dict[str, Any]:
+        """<results dir>/<date>-<device>/ (default docs/results on a GPU, the work dir in tiny mode):
+        the leaderboard (json, md), the self-contained report, the benchmark's resolved config, the
+        sample grids and environment.json (device, driver, torch, CUDA, commit); the same folder
+        as OUT/results.tar.gz, the one file to bring back from a machine that keeps nothing.
+        ``git add docs/results/<name>`` then commits the evidence the docs' numbers come from."""
+        env = (self.report["steps"].get("environment") or {}).get("result") or {}
+        name = f"{self.report['started'][:10]}-{device_slug(env.get('gpu_name'))}"
+        dest = self.results_dir / name
+        shutil.rmtree(dest, ignore_errors=True)
+        (dest / "grids").mkdir(parents=True)
+        for file in ("leaderboard.json", "leaderboard.md", "report.html", "benchmark_config.yaml"):
+            if (bench_dir / file).is_file():
+                shutil.copy2(bench_dir / file, dest / file)
+        for grid in sorted((bench_dir / "grids").glob("*.png")):
+            shutil.copy2(grid, dest / "grids" / grid.name)
+        keys = ("gpu_name", "gpu_memory_gib", "compute_capability", "driver", "torch", "torch_cuda", "cudnn")
+        keys += ("triton", "lightning", "python", "cpu_count", "git_commit")
+        write_json(
+            dest / "environment.json",
+            {
+                "date": self.report["started"][:10],
+                "device": env.get("gpu_name") or "cpu",
+                **{k: env.get(k) for k in keys},
+                "mode": self.plan["mode"],
+                "variant": self.plan["variant"],
+                "data": self.report["data"].get("used"),
+                "setup": self.report["setup"]["status"],
+                "command": "scripts/gpu_check.py " + " ".join(sys.argv[1:]),
+            },
+        )
+        self.evidence_dir = dest
+        return {"dir": str(dest), "name": name, "files": self.pack_evidence()}
+
+    def pack_evidence(self) -> list[str]:
+        """(Re)write OUT/results.tar.gz from the results folder; returns the folder's files."""
+        dest = self.evidence_dir
+        assert dest is not None, "write_evidence() makes the folder first"
+        tmp = self.out / "results.tar.gz.tmp"
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(dest, arcname=dest.name)
+        tmp.replace(self.out / "results.tar.gz")
+        return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+
+    # --- 6. the large UNet's speed and MFU -----------------------------------------------------
+    def perf_gpu(self, limit: float) -> dict[str, Any]:
+        """scripts/perf_gpu.py (the 35.7M-parameter UNet of experiment=cifar10_ddpm: images/s and MFU
+        for fp32, bf16, channels_last, torch.compile; genbench against a hand-written loop) in the
+        time that is left; its JSON and markdown join the results folder."""
+        out_dir = self.work / "perf_gpu"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd = [sys.executable, str(REPO / "scripts" / "perf_gpu.py"), "--out", str(out_dir)]
+        cmd += ["--time-limit", str(int(max(limit - 20, 10)))] + (["--tiny"] if self.tiny else [])
+        run = run_guarded(cmd, limit, self.logs / "perf_gpu.log")
+        result_file = out_dir / "perf_gpu.json"
+        if not result_file.is_file():
+            return {"ok": False, "command": " ".join(cmd[1:]), "process": run, "error": run["log_tail"][-800:]}
+        res = json.loads(result_file.read_text())
+        if self.evidence_dir is not None:
+            for name in ("perf_gpu.json", "perf_gpu.md"):
+                if (out_dir / name).is_file():
+                    shutil.copy2(out_dir / name, self.evidence_dir / name)
+            self.pack_evidence()
+        failed = [n for n, r in res["settings"].items() if not r.get("ok")]
+        if not (res.get("overhead") or {}).get("ok"):
+            failed.append("overhead")
+        return {
+            "ok": run["returncode"] == 0 and not failed,
+            "command": " ".join(cmd[1:]),
+            "result": res,
+            "markdown": (out_dir / "perf_gpu.md").read_text() if (out_dir / "perf_gpu.md").is_file() else None,
+            "process": run,
+            **({"error": "failed or not reached: " + ", ".join(failed)} if failed else {}),
+        }
+
     # --- plumbing ------------------------------------------------------------------------------
     def worker_cmd(self, worker: str, *args: str) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--worker", worker, *args]
@@ -962,8 +1075,14 @@ class Check:
         self.step("environment", min(120, c.remaining()), self.environment)
         env_ok = self.report["steps"]["environment"]["ok"]
         no_gpu = not self.tiny and not env_ok
+        # which steps run: the check (GPU) all but perf_gpu; the showdown the benchmark (budget=gpu)
+        # and perf_gpu; tiny mode every step, its benchmark the showdown's on the tiny protocol
+        if self.plan["variant"] == "showdown":
+            names = ["benchmark", "perf_gpu"]
+        else:
+            names = ["throughput", "gpu_tests", "overhead", "ddp", "benchmark"] + (["perf_gpu"] if self.tiny else [])
         if no_gpu:
-            for name in ("throughput", "gpu_tests", "overhead", "ddp", "benchmark"):
+            for name in names:
                 self.report["steps"][name] = {
                     "ok": False,
                     "skipped": True,
@@ -973,13 +1092,13 @@ class Check:
             # each step leaves the later ones (that are not skipped) at least what they need: overhead
             # ~70 s, DDP ~45 s, benchmark ~170 s on a GPU
             need = (
-                {"gpu_tests": 20, "overhead": 40, "ddp": 90, "benchmark": 100}
+                {"gpu_tests": 20, "overhead": 40, "ddp": 90, "benchmark": 100, "perf_gpu": 60}
                 if self.tiny
-                else {"gpu_tests": 45, "overhead": 60, "ddp": 30, "benchmark": 160}
+                else {"gpu_tests": 45, "overhead": 60, "ddp": 30, "benchmark": 160, "perf_gpu": PERF_GPU_MIN_S}
             )
 
-            def after(*names: str) -> float:
-                return sum(need[n] for n in names if n not in self.args.skip)
+            def after(*later: str) -> float:
+                return sum(need[n] for n in later if n in names and n not in self.args.skip)
 
             throughput_cap = 200 if self.tiny else 220
             steps: list[tuple[str, Callable[[], float], Callable[[float], dict[str, Any]], float]] = [
@@ -997,9 +1116,12 @@ class Check:
                 ),
                 ("overhead", lambda: min(120, c.remaining() - after("ddp", "benchmark")), self.overhead, 20),
                 ("ddp", lambda: min(120, c.remaining() - after("benchmark")), self.ddp, 20),
-                ("benchmark", lambda: c.remaining() - 15, self.benchmark, 60),
+                ("benchmark", lambda: c.remaining() - 15 - after("perf_gpu"), self.benchmark, 60),
+                ("perf_gpu", lambda: c.remaining() - 10, self.perf_gpu, 30 if self.tiny else PERF_GPU_MIN_S),
             ]
             for name, limit, fn, minimum in steps:
+                if name not in names:
+                    continue
                 if name in self.args.skip:  # a short re-check of one step: the others are not failures
                     self.report["steps"][name] = {"ok": True, "skipped": True, "note": "skipped by --skip"}
                     continue
@@ -1012,6 +1134,12 @@ class Check:
         print(md)
         print(f"[gpu_check] wrote {self.out / 'gpu_check.json'} and {self.out / 'gpu_check.md'}")
         return 0 if self.report["ok"] else 1
+
+
+def device_slug(gpu_name: str | None) -> str:
+    """The device part of a results folder's name: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3";
+    no GPU -> "cpu"."""
+    return re.sub(r"[^a-z0-9]+", "-", (gpu_name or "cpu").lower()).strip("-") or "cpu"
 
 
 def _float_env(name: str) -> float | None:
@@ -1084,6 +1212,48 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if not env:
         lines.append(f"| error | {_fmt((steps.get('environment') or {}).get('error'))} |")
 
+    lines += _check_sections(rep) if "throughput" in steps else []
+    bench = steps.get("benchmark") or {}
+    sizing = bench.get("sizing") or {}
+    lines += ["", f"## Benchmark (budget={sizing.get('budget', '?')})", ""]
+    if sizing:
+        lines.append("Settings: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in sizing.items()) + ".")
+        lines.append("")
+    if bench.get("leaderboard_md"):
+        lines.append(bench["leaderboard_md"].strip())
+    else:
+        lines.append(f"No leaderboard: {_fmt(bench.get('error', 'not run'))[:600]}")
+    lines += sampler_table(((bench.get("runs") or {}).get("ddpm") or {}).get("sampling.json") or [])
+    evidence = bench.get("evidence")
+    if evidence:
+        lines += [
+            "",
+            f"Results folder: `{evidence['dir']}` ({len(evidence['files'])} files; also `results.tar.gz` in OUT: "
+            f"`tar -xzf results.tar.gz -C docs/results`).",
+        ]
+    if "perf_gpu" in steps:
+        pg = steps["perf_gpu"]
+        lines += ["", "## Large UNet: images/s and MFU (`scripts/perf_gpu.py`)", ""]
+        if pg.get("markdown"):
+            lines.append(pg["markdown"].split("\n", 1)[1].strip())  # without its own title
+        else:
+            lines.append(f"Not measured: {_fmt(pg.get('error', 'skipped' if pg.get('skipped') else 'not run'))[:600]}")
+
+    lines += ["", "## Steps", "", "| step | status | wall s | limit s |", "|---|---|---|---|"]
+    if setup.get("seconds") is not None:
+        lines.append(f"| setup (make setup, make data) | {_fmt(setup.get('status'))} | {_fmt(setup['seconds'], 0)} | |")
+    for name, s in steps.items():
+        status = (
+            ("skipped" if s.get("skipped") else "ok") if s.get("ok") else ("skipped" if s.get("skipped") else "FAILED")
+        )
+        lines.append(f"| {name} | {status} | {_fmt(s.get('wall_seconds'))} | {_fmt(s.get('limit_s'), 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _check_sections(rep: dict[str, Any]) -> list[str]:
+    """The check's own sections: throughput, GPU tests, framework overhead, DDP."""
+    steps = rep["steps"]
+    lines: list[str] = []
     tp = (steps.get("throughput") or {}).get("families") or {}
     settings = rep["plan"]["settings"]
     lines += [
@@ -1159,28 +1329,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         )
     if not ddp.get("ok"):
         lines += ["", f"DDP: **failed** — {_fmt(ddp.get('error'))[:600]}"]
-
-    bench = steps.get("benchmark") or {}
-    sizing = bench.get("sizing") or {}
-    lines += ["", "## Mini benchmark", ""]
-    if sizing:
-        lines.append("Settings: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in sizing.items()) + ".")
-        lines.append("")
-    if bench.get("leaderboard_md"):
-        lines.append(bench["leaderboard_md"].strip())
-    else:
-        lines.append(f"No leaderboard: {_fmt(bench.get('error', 'not run'))[:600]}")
-    lines += sampler_table(((bench.get("runs") or {}).get("ddpm") or {}).get("sampling.json") or [])
-
-    lines += ["", "## Steps", "", "| step | status | wall s | limit s |", "|---|---|---|---|"]
-    if setup.get("seconds") is not None:
-        lines.append(f"| setup (make setup, make data) | {_fmt(setup.get('status'))} | {_fmt(setup['seconds'], 0)} | |")
-    for name, s in steps.items():
-        status = (
-            ("skipped" if s.get("skipped") else "ok") if s.get("ok") else ("skipped" if s.get("skipped") else "FAILED")
-        )
-        lines.append(f"| {name} | {status} | {_fmt(s.get('wall_seconds'))} | {_fmt(s.get('limit_s'), 0)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def sampler_table(sampling: list[dict[str, Any]]) -> list[str]:
@@ -1219,10 +1368,21 @@ def _names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the CPU smoke run (also GPU_CHECK_TINY=1)")
+    ap.add_argument(
+        "--showdown",
+        action="store_true",
+        help=f"genbench-benchmark budget=gpu and scripts/perf_gpu.py instead of the check ({SHOWDOWN_TIME_LIMIT_S} s)",
+    )
+    ap.add_argument(
+        "--results-dir",
+        help="where the benchmark's results folder <date>-<device>/ goes (default docs/results; tiny: the work dir)",
+    )
     ap.add_argument("--out", help="where the results go (default: $OUT, else outputs/gpu_check/<time>)")
     ap.add_argument("--work-dir", help="run directories and checkpoints (default: outputs/gpu_check_work/<out's name>)")
     ap.add_argument(
-        "--time-limit", type=float, help=f"seconds in all (default {GPU_TIME_LIMIT_S}; tiny {TINY_TIME_LIMIT_S})"
+        "--time-limit",
+        type=float,
+        help=f"seconds in all (default {GPU_TIME_LIMIT_S}; --showdown {SHOWDOWN_TIME_LIMIT_S}; tiny {TINY_TIME_LIMIT_S})",
     )
     ap.add_argument("--data", default="auto", choices=["auto", "fashion_mnist", "synthetic"], help="GPU mode's data")
     ap.add_argument("--batch-size", type=int, default=128, help="throughput batch size (the full protocol's)")
@@ -1230,7 +1390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bench-seconds", type=int, default=90, help="wanted training seconds per family")
     ap.add_argument("--eval-samples", type=int, default=2000, help="benchmark evaluation sample count")
     ap.add_argument(
-        "--skip", type=_names, default=[], help="steps to leave out: throughput,gpu_tests,overhead,ddp,benchmark"
+        "--skip",
+        type=_names,
+        default=[],
+        help="steps to leave out: throughput,gpu_tests,overhead,ddp,benchmark,perf_gpu",
     )
     ap.add_argument("--families", type=_names, default=list(FAMILIES), help="throughput families (default all)")
     ap.add_argument("--data-root", help="Fashion-MNIST's folder (default $GPU_CHECK_DATA_ROOT, else genbench's search)")
@@ -1263,7 +1426,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # not under OUT: OUT is what a device tool copies back, and run directories hold checkpoints
     work = Path(args.work_dir).resolve() if args.work_dir else REPO / "outputs" / "gpu_check_work" / out.name
-    limit = args.time_limit or (TINY_TIME_LIMIT_S if tiny else GPU_TIME_LIMIT_S)
+    limit = args.time_limit or (
+        TINY_TIME_LIMIT_S if tiny else SHOWDOWN_TIME_LIMIT_S if args.showdown else GPU_TIME_LIMIT_S
+    )
     t0 = _float_env("GPU_CHECK_T0") or time.time()
     return Check(args, tiny, out, work, Clock(limit, t0)).run()
 

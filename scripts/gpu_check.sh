@@ -3,6 +3,11 @@
 #
 #   bash scripts/gpu_check.sh --prepare                        # before copying the tree (network or wheel cache)
 #   OUT=/path/to/results bash scripts/gpu_check.sh             # on the GPU machine: ~8 minutes, setup included
+#   OUT=/path/to/results bash scripts/gpu_check.sh --showdown  # the GPU showdown instead: genbench-benchmark
+#                                                              # budget=gpu, its results folder
+#                                                              # (docs/results/<date>-<gpu>/, also
+#                                                              # $OUT/results.tar.gz), then scripts/perf_gpu.py
+#                                                              # in what is left; ~9 minutes, setup included
 #   bash scripts/gpu_check.sh --tiny --out /tmp/gc             # CPU smoke run (also GPU_CHECK_TINY=1)
 #
 # This wrapper only gets a Python environment and the data there; scripts/gpu_check.py measures.

@@ -170,12 +170,16 @@ def run_genbench(args: argparse.Namespace, family: str, extra: list[str] = (), p
 
 # --- the hand-written loop ---------------------------------------------------------------------
 def plain_step_fn(
-    family: str, cfg: Any, device: str = "cpu"
+    family: str, cfg: Any, device: str = "cpu", amp: torch.dtype | None = None
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.nn.Module]]:
     """The same networks and optimiser settings as genbench's module, with the loss written out in
-    plain PyTorch, on ``device``. Returns (step(x) -> loss, networks)."""
+    plain PyTorch, on ``device``. Returns (step(x) -> loss, networks). ``amp`` (the DDPM only, as
+    scripts/perf_gpu.py measures it): the forward pass and loss under ``torch.autocast`` in that
+    dtype, the backward and optimiser step outside it, as Lightning's ``bf16-mixed`` does."""
     from hydra.utils import instantiate
 
+    if amp is not None and family != "ddpm":
+        raise SystemExit(f"the hand-written {family} loop runs in full precision only (amp is for the DDPM)")
     m = cfg.model
     if family == "vae":
         from genbench.models.vae import bernoulli_nll, discretized_nll, gaussian_nll  # the formulas only
@@ -244,7 +248,8 @@ def plain_step_fn(
             t = torch.randint(0, T, (x.shape[0],), device=x.device)
             noise = torch.randn_like(x)
             ab = alpha_bar[t].view(-1, 1, 1, 1)
-            loss = F.mse_loss(net(ab.sqrt() * x + (1 - ab).sqrt() * noise, t), noise)
+            with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                loss = F.mse_loss(net(ab.sqrt() * x + (1 - ab).sqrt() * noise, t).float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,6 +264,11 @@ def plain_step_fn(
     raise SystemExit(f"unknown family {family}")
 
 
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision setting (None for full precision)."""
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+
+
 def run_plain(args: argparse.Namespace, family: str) -> dict:
     """The hand-written loop over the same in-memory uint8 images, the same window."""
     from genbench.config import build
@@ -268,7 +278,7 @@ def run_plain(args: argparse.Namespace, family: str) -> dict:
     cfg = compose(family, base_overrides(args, family), Path(tempfile.gettempdir()))
     torch.manual_seed(args.seed)
     images = build(cfg.data, "data").dataset("train").images
-    step, _ = plain_step_fn(family, cfg, args.device)
+    step, _ = plain_step_fn(family, cfg, args.device, amp=amp_dtype(args.precision) if args.device == "cuda" else None)
     perm = torch.randperm(len(images))
     losses, t0, c0 = [], 0.0, 0.0
     for i in range(args.warmup + steps):
