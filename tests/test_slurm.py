@@ -2,7 +2,7 @@
 hydra/launcher=slurm, a DDP job spread over two SLURM tasks, a requeued job that resumes from
 its checkpoint, and the checks that refuse bad requests before submission.
 
-The session fixture brings the cluster up (as root; skips with the script's reason where it
+The module's fixture brings the cluster up (as root; skips with the script's reason where it
 cannot) and down again. Every test uses its own sweep directory (and so submitit folder)."""
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ SCRIPT = PROJECT_ROOT / "scripts" / "slurm_local.sh"
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
 
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[dict[str, str]]:
-    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+def local_slurm(**settings: str) -> Iterator[dict[str, str]]:
+    """Bring a local cluster up (``settings``: GENBENCH_SLURM_* variables of the script), yield the
+    environment its clients need, and bring it down again; skips with the script's reason where
+    SLURM cannot run here (not root, no packages)."""
+    script_env = {**os.environ, **settings}
+    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600, env=script_env)
     if up.returncode == 2:
         pytest.skip(f"no local SLURM: {up.stderr.strip().splitlines()[-1]}")
     assert up.returncode == 0, f"slurm_local.sh up failed:\n{up.stderr[-3000:]}"
@@ -46,11 +49,17 @@ def slurm() -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, text=True, timeout=120)
+        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, text=True, timeout=120, env=script_env)
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+
+
+# Module scope: another module's cluster (tests/test_multinode.py) sets SLURM_CONF for its own tests.
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[dict[str, str]]:
+    yield from local_slurm()
 
 
 def squeue(*args: str) -> list[str]:
@@ -151,8 +160,8 @@ def long_vae_sweep(sweep: Path, slurm: dict[str, str], max_steps: int, *extra: s
     )
 
 
-def wait_until_training(hydra: subprocess.Popen, run: Path, min_steps: int = 3) -> None:
-    deadline = time.monotonic() + 120
+def wait_until_training(hydra: subprocess.Popen, run: Path, min_steps: int = 3, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and hydra.poll() is None:
         if (run / "csv" / "metrics.csv").is_file() and len(steps(run)) >= min_steps:
             return
@@ -174,9 +183,9 @@ def job_log(sweep: Path, job: str) -> str:
     return "".join(p.read_text() for p in (sweep / ".submitit" / job).glob(f"{job}_0_log.*"))
 
 
-def finish(hydra: subprocess.Popen) -> str:
+def finish(hydra: subprocess.Popen, timeout: float = 240) -> str:
     try:
-        out, _ = hydra.communicate(timeout=240)
+        out, _ = hydra.communicate(timeout=timeout)
     finally:
         if hydra.poll() is None:
             hydra.kill()
@@ -385,3 +394,85 @@ def test_a_job_killed_without_a_result_fails_the_sweep_instead_of_hanging(
     assert str(logs / f"{job}_0_log.err") in lines[0] and str(logs / f"{job}_0_log.out") in lines[0]
     assert "task 0: Killed" in job_log(sweep, job)
     assert not list(logs.glob("*_result.pkl"))  # it really ended without a result
+
+
+def test_two_sweeps_on_one_optuna_study_split_its_trials(slurm: dict[str, str], tmp_path: Path) -> None:
+    """Two `genbench-train -m hparams_search=vae_optuna hydra/launcher=slurm` processes, started together
+    on the same stored study (the SQLite file under the shared paths.log_dir), claim its trials
+    under a lock: the study ends with exactly n_trials finished trials between them, each trial run
+    once (one SLURM job, one run directory, the value it returned), none proposing another's
+    hyperparameters, and both sweeps report the same best trial of the whole study."""
+    import optuna
+    import yaml
+
+    from test_sweeps import optuna_args
+
+    n_trials, log_dir = 4, tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **slurm}
+    sweeps = [tmp_path / "sweep_a", tmp_path / "sweep_b"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "genbench.train", "-m", *optuna_args(log_dir, sweep, n_trials), *SLURM],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for sweep in sweeps
+    ]
+    outs = [finish(p, timeout=600) for p in procs]
+
+    study = optuna.load_study(study_name="vae", storage=f"sqlite:///{log_dir / 'optuna' / 'vae.db'}")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * n_trials, outs
+    assert [t.number for t in trials] == list(range(n_trials))
+    # each trial is one job of one sweep: its run directory returned the value the study holds
+    runs = [p for sweep in sweeps for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(runs) == n_trials
+    by_params = {}
+    for run in runs:
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()))
+        by_params[overrides["model.optimizer.lr"]] = json.loads((run / "metrics.json").read_text())["val/neg_elbo"]
+    assert len(by_params) == n_trials  # no two trials drew the same learning rate
+    assert sorted(by_params.values()) == pytest.approx(sorted(t.value for t in trials))
+    owners = {t.system_attrs["genbench_sweep"]["pid"] for t in trials}
+    assert owners == {p.pid for p in procs}  # both sweeps ran trials
+    for sweep in sweeps:
+        results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+        assert results["best_value"] == pytest.approx(min(t.value for t in trials))
+
+
+def test_which_trials_of_a_shared_study_hold_a_slot() -> None:
+    """The claim rule of several sweeps on one study: finished trials and trials running in a live
+    sweep hold a slot; a running trial of a dead sweep (a dead pid on this host, or a heartbeat older
+    than STALE_AFTER_S from another host) or one no genbench sweep claimed frees its slot."""
+    import socket
+
+    import optuna
+
+    from genbench.cluster.optuna_sweeper import HEARTBEAT_ATTR, OWNER_ATTR, STALE_AFTER_S, holds_slot
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    here, now = socket.gethostname(), time.time()
+    study = optuna.create_study()
+    cases = {  # (owner, heartbeat age in s) -> holds a slot
+        "finished": (None, None, True),
+        "unclaimed": (None, None, False),
+        "alive here": ({"host": here, "pid": os.getpid()}, 1.0, True),
+        "dead pid here": ({"host": here, "pid": dead.pid}, 1.0, False),
+        "alive elsewhere": ({"host": "other-node", "pid": dead.pid}, STALE_AFTER_S - 10, True),
+        "silent elsewhere": ({"host": "other-node", "pid": os.getpid()}, STALE_AFTER_S + 10, False),
+    }
+    for name, (owner, age, _) in cases.items():
+        trial = study.ask()
+        study.set_user_attr(str(trial.number), name)
+        if owner is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+            study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, now - age)
+        if name == "finished":
+            study.tell(trial, 1.0)
+    for trial in study.get_trials():
+        name = study.user_attrs[str(trial.number)]
+        assert holds_slot(trial, now, host=here) is cases[name][2], name
