@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny
+from conftest import run_cli, tiny
 from genbench import GenbenchError, api
 from genbench.data.base import to_uint8
 from genbench.sample import sample_to_files
@@ -122,6 +122,19 @@ def test_refuses_to_overwrite_and_bad_requests_in_one_line(trained: SimpleNamesp
     with pytest.raises(GenbenchError, match="format=tiff"):
         _sample(trained, f"out={tmp_path / 'bad'}", "format=tiff")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_command_refuses_an_existing_output_in_one_line(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """The console entry point as a user runs it (Hydra, the configs' resolvers, the error handler)."""
+    out = tmp_path / "samples.npz"
+    out.write_bytes(b"an earlier batch")
+    r = run_cli(
+        "genbench.sample", f"ckpt_path={trained.ckpt}", "num_samples=3", "format=npz", f"out={out}", cwd=tmp_path
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "error" in x]
+    assert f"out={out} already exists" in line and "overwrite=true" in line
+    assert out.read_bytes() == b"an earlier batch"
 
 
 def test_paper_preset_is_fid50k_against_the_training_set_and_needs_local_weights(

@@ -40,12 +40,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genbench import CONFIG_DIR
+from genbench.config import register_resolvers
 from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_path, check_writable_dir, replace_durably
 from genbench.summary import print_summary, setup_run_logging
 
 log = logging.getLogger("genbench.sample")
+register_resolvers()  # the configs' ${genbench_...:} resolvers, needed before Hydra composes conf/sample.yaml
 
 FORMATS = ("png", "npz")
 #: the images' key in the npz (np.savez's name for its first array; what the ADM evaluator reads)
