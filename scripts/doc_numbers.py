@@ -23,6 +23,9 @@ Renderers (the word after ``doc-numbers:``):
   in bold where one family alone has it;
 - ``precision source=<fp32 leaderboard.json> source=<bf16 leaderboard.json>``: two runs of one budget
   side by side (training speed, images seen, FID, recall, bits/dim), e.g. fp32 against bf16-mixed;
+- ``samplers source=<sampling_<family>.json> ...``: each family's samplers on the same checkpoint
+  (a run's sampling.json), grouped by network evaluations per sample: the family's own sampler in
+  bold, the report's recommended one (the fastest within the sampling noise of the best) marked;
 - ``results-index``: one row per folder in docs/results that has an environment.json (a GPU run of
   ``scripts/gpu_check.sh --showdown``): date, device, torch, CUDA and its files.
 """
@@ -190,6 +193,33 @@ def render_precision(sources: list[str]) -> list[str]:
     return lines
 
 
+def sampler_name(entry: dict[str, Any]) -> str:
+    """ "DDIM", or "EDM Heun, 6 steps" where the steps differ from the network evaluations."""
+    kind = entry["sampler"].rpartition("-")[0] or entry["sampler"]
+    name = SAMPLER_NAMES.get(kind, kind)
+    return name + (f", {entry['steps']} steps" if entry.get("steps") and entry["steps"] != entry.get("nfe") else "")
+
+
+def render_samplers(sources: list[str]) -> list[str]:
+    from genbench.registry import families
+
+    lines = ["| family | sampler | NFE | FID |", "|---|---|---|---|"]
+    for source in sources:
+        family = Path(source).stem.removeprefix("sampling_")
+        title = families()[family].title if family in families() else family
+        entries = [e for e in load_json(source) if (e.get("metrics") or {}).get("eval/fid") is not None]
+        for nfe in sorted({e["nfe"] for e in entries}):
+            group = [e for e in entries if e["nfe"] == nfe]
+            names, fids = [], []
+            for e in group:
+                own = bool(e.get("noise"))  # the model's own sampler is the one measured at more seeds
+                fid = number(e["metrics"]["eval/fid"], 1)
+                names.append(f"**{sampler_name(e)}**" if own else sampler_name(e))
+                fids.append((f"**{fid}**" if own else fid) + (" (recommended)" if e.get("recommended") else ""))
+            lines.append(f"| {title} | {' / '.join(names)} | {nfe} | {' / '.join(fids)} |")
+    return lines
+
+
 def render_results_index(sources: list[str]) -> list[str]:
     folders = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/environment.json"))
     if not folders:
@@ -209,6 +239,7 @@ def render_results_index(sources: list[str]) -> list[str]:
 RENDERERS: dict[str, Callable[[list[str]], list[str]]] = {
     "leaderboard": render_leaderboard,
     "precision": render_precision,
+    "samplers": render_samplers,
     "results-index": render_results_index,
 }
 
