@@ -239,8 +239,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     if cond.guided(model) and mcfg.conditional.sweep_due(final=True) and "guidance" not in kwargs:
         result.update(guidance_sweep(cfg, model, evaluator, mcfg, kwargs))
     if cfg.get("latent_grids", True):  # the pictures a user of each family expects, beside the numbers
+        val_labels = datamodule.dataset("val").labels[:8] if model.num_classes is not None else None
         grids = write_latent_grids(
-            model, out.parent, real=datamodule.real_images("val")[:8], tag=ckpt_path.stem, seed=cfg.seed
+            model,
+            out.parent,
+            real=datamodule.real_images("val")[:8],
+            tag=ckpt_path.stem,
+            seed=cfg.seed,
+            labels=val_labels,  # a conditional encoder family reconstructs with the true classes
         )
         if model.num_classes is not None:  # a row per class
             images, nrow = class_grid_samples(

@@ -152,17 +152,19 @@ def write_latent_grids(
     n_steps: int = 8,
     seed: int = 0,
     method: str = "slerp",
+    labels: torch.Tensor | None = None,
     **decode_kwargs: Any,
 ) -> dict[str, Path]:
     """Write ``interp_<tag>.png`` (every family) and, for a family with an encoder given ``real`` images (e.g. the first
-    8 of the validation split), ``recon_<tag>.png`` into ``out_dir``; returns {"interp": path, ...}.
+    8 of the validation split; a conditional one also their ``labels``), ``recon_<tag>.png`` into ``out_dir``;
+    returns {"interp": path, ...}.
     The latents come from a private generator seeded with ``seed``: the same grid on every call."""
     out_dir = Path(out_dir)
     generator = torch.Generator().manual_seed(seed)
     grid = interpolation_grid(model, n_rows, n_steps, generator, method, **decode_kwargs)
     paths = {INTERP: save_png(grid, out_dir / f"{INTERP}_{tag}.png")}
     if real is not None and hasattr(model, "reconstruct"):
-        paths[RECON] = save_png(reconstruction_grid(model, real), out_dir / f"{RECON}_{tag}.png")
+        paths[RECON] = save_png(reconstruction_grid(model, real, labels=labels), out_dir / f"{RECON}_{tag}.png")
     return paths
 
 
