@@ -15,8 +15,8 @@ Two formats, each the one its readers expect:
   array to a 3-channel InceptionV3 as it is, and a C = 1 array would fail there.
 
 A class-conditional model's classes go beside the images (``labels.csv`` in the folder: ``file,label``;
-``labels`` in the npz); ``labels=`` asks for them (one class for all, or a list of N), else the
-model draws every class in turn. The samples come in chunks of the model's ``sample_batch_size``,
+``labels`` in the npz); ``labels=`` asks for them as genbench-eval does (one class for all, or a list
+taken in turn), else the model draws every class in turn. The samples come in chunks of the model's ``sample_batch_size``,
 each written as soon as it is drawn (the npz is streamed into its zip entry), so memory stays
 bounded for any N; the same ``seed`` gives the same files, equal to ``genbench.api.sample`` of
 that seed. The output is written under a temporary name and renamed when complete, and an existing
@@ -87,14 +87,6 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> None:
             "replaces a folder of samples only; choose another out=."
         )
     check_writable_dir(path.parent, "out")
-
-
-def resolve_labels(model: Any, n: int, labels: Any) -> torch.Tensor | None:
-    """The N classes to ask for (a CPU long tensor), None for an unconditional model; the model's
-    own rules (:meth:`genbench.models.base.GenerativeModel.class_labels`) check them."""
-    if OmegaConf.is_config(labels):
-        labels = OmegaConf.to_container(labels)
-    return model.class_labels(n, labels)
 
 
 def sample_chunks(
@@ -178,7 +170,7 @@ def sample_to_files(cfg: DictConfig) -> dict[str, Any]:
     """Draw ``num_samples`` images from ``ckpt_path`` and write them to ``out`` as ``format``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from genbench.evaluate import sampler_kwargs
+    from genbench.evaluate import evaluation_labels, sampler_kwargs
     from genbench.models import load_model_from_checkpoint
 
     fmt = str(cfg.format)
@@ -197,7 +189,7 @@ def sample_to_files(cfg: DictConfig) -> dict[str, Any]:
     model = load_model_from_checkpoint(ckpt_path, resolve_device(cfg.device))
     if cfg.get("batch_size"):
         model.sample_batch_size = int(cfg.batch_size)
-    labels = resolve_labels(model, n, cfg.get("labels"))
+    labels = evaluation_labels(model, n, cfg.get("labels"))
     chunks = sample_chunks(model, n, int(cfg.seed), labels, **sampler_kwargs(cfg, model))
     log.info("Drawing %d samples from %s (%s) into %s...", n, ckpt_path, model.family, out)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
