@@ -151,8 +151,11 @@ class _ResumableImpl(OptunaSweeperImpl):
             db = sqlite_path(self.storage)
             if db is not None:  # SQLite does not create the folder of its file
                 db.parent.mkdir(parents=True, exist_ok=True)
-            init_rdb_storage(self.storage)
-            done = finished_trials(self.storage, self.study_name)
+            # under the claim lock: two sweeps creating one fresh database at once would both stamp
+            # its schema version, and the second fails on the first's row
+            with file_lock(self._lock_path(), what=f"the Optuna study {self.study_name!r}"):
+                init_rdb_storage(self.storage)
+                done = finished_trials(self.storage, self.study_name)
             if done:
                 log.info(
                     "Resuming Optuna study %r in %s: %d of %d trials finished, %d to run.",
@@ -166,6 +169,10 @@ class _ResumableImpl(OptunaSweeperImpl):
             super().sweep(arguments)  # an in-memory study belongs to this process alone
             return
         self._claiming_sweep(arguments)
+
+    def _lock_path(self) -> Path:
+        log_dir = OmegaConf.select(self.config, "paths.log_dir", default="outputs") if self.config else "outputs"
+        return claim_lock_path(str(self.storage), self.study_name or "no_name", log_dir)
 
     def _sampler_for(self, number: int) -> Any:
         """The configured sampler re-seeded with ``seed + number`` (the configured one where it has no seed)."""
@@ -232,7 +239,7 @@ class _ResumableImpl(OptunaSweeperImpl):
         log.info(f"Sampler: {type(self.sampler).__name__}")
         log.info(f"Directions: {directions}")
 
-        lock = claim_lock_path(self.storage, self.study_name, self.config.paths.log_dir)
+        lock = self._lock_path()
         running: set[int] = set()
         waiting = False
         with heartbeat(study, running):
