@@ -82,7 +82,11 @@ def init_rdb_storage(storage: str) -> None:
     database fails with a bare ``AssertionError`` in ``get_current_version``. Doing that one step
     once on an autocommit engine leaves a database that optuna's ordinary, transactional storage
     then opens as usual (a database that is already set up is left as it is)."""
-    optuna.storages.RDBStorage(storage, engine_kwargs={"isolation_level": "AUTOCOMMIT"})
+    try:
+        optuna.storages.RDBStorage(storage, engine_kwargs={"isolation_level": "AUTOCOMMIT"})
+    except Exception:  # set up at the same moment by a process outside genbench's lock: it is done now
+        time.sleep(1.0)
+        optuna.storages.RDBStorage(storage, engine_kwargs={"isolation_level": "AUTOCOMMIT"})
 
 
 def finished_trials(storage: str, study_name: str | None) -> int:
