@@ -361,3 +361,14 @@ def test_defaults_build_the_plain_dcgan() -> None:
     torch.testing.assert_close(model.discriminator(x), model.discriminator.net(x).flatten(), rtol=0, atol=0)
     z = torch.randn(2, 100)
     torch.testing.assert_close(model.generator(z), model.generator.net(z.view(2, 100, 1, 1)), rtol=0, atol=0)
+
+
+def test_compile_leaves_the_discriminator_eager_when_r1_needs_its_double_backward() -> None:
+    model = _gan(r1_gamma=1.0, r1_every=1, compile={"backend": "aot_eager"})
+    model.apply_speed_options(torch.device("cpu"))
+    assert model.generator._compiled_call_impl is not None and model.discriminator._compiled_call_impl is None
+    real, fake = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32)
+    loss, logs = model.discriminator_objective(real, fake, None, r1=True)
+    loss.backward()  # a compiled discriminator fails here: aot_autograd has no double backward
+    assert "r1" in logs and all(p.grad is not None for p in model.discriminator.parameters())
+    assert "discriminator" in _gan(compile={"backend": "aot_eager"}).trained_networks()  # compiled without R1

@@ -26,6 +26,7 @@ batch's classes, so D compares the two at the same class mix.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -40,6 +41,8 @@ from genbench.registry import FamilySpec
 from genbench.schema import Rule, Spec, boolean, choice, integer, number
 
 GAN_LOSSES = ("non_saturating", "hinge")
+
+log = logging.getLogger("genbench.models")
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -150,6 +153,19 @@ class GAN(GenerativeModel):
             self.register_buffer("r1_d_steps", torch.zeros((), dtype=torch.long))
         #: the EMA copy of the generator that samples (None: off)
         self.generator_ema = EMA(generator, decay=g_ema_decay) if g_ema_decay else None
+        if self.r1_gamma > 0 and self.compile_kwargs is not None:
+            log.warning(
+                "model.compile: the discriminator stays eager because model.r1_gamma > 0: torch.compile cannot "
+                "run the double backward the R1 penalty needs (aot_autograd does not support it)."
+            )
+
+    def trained_networks(self) -> dict[str, nn.Module]:
+        """As the base class, less the discriminator when R1 is on: what ``model.compile``
+        compiles, and a compiled discriminator could not take R1's double backward."""
+        nets = super().trained_networks()
+        if self.r1_gamma > 0:
+            nets.pop("discriminator", None)
+        return nets
 
     def configure_optimizers(self) -> Any:
         # Order matters: self.optimizers() returns (G's, D's) and the steps below rely on it.
