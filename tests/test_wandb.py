@@ -105,6 +105,28 @@ def test_evaluation_logs_a_samples_table_and_class_histograms(run: SimpleNamespa
     assert all(c <= round(f * final["num_samples"]) for c, f in zip(counts.tolist(), final["class_hist"], strict=True))
 
 
+def test_genbench_eval_adds_its_samples_table_to_the_runs_wandb_run(
+    run: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genbench.evaluate import evaluate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(run.root / "wandb_data"))
+    settings = ["kid_subsets=5", "kid_subset_size=32", "isc_splits=2", "likelihood.enabled=false"]
+    settings += ["extractor_training.epochs=1", "extractor_training.feature_dim=16", "extractor_training.width=8"]
+    overrides = [f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}", "metrics.num_samples=64", "latent_grids=false"]
+    overrides += [f"metrics.{s}" for s in settings] + ["metrics.extractor_training.min_steps=20"]
+    result = evaluate(api.compose([*overrides, f"paths.cache_dir={run.root / 'cache'}"], "eval"))
+    _flush()
+    run_id = (run.dir / "wandb_run_id").read_text().strip()
+    assert result["wandb_run_id"] == run_id
+    training, evaluation = sorted((run.dir / "wandb").glob(f"offline-run-*-{run_id}/run-*.wandb"))
+    logged = history(evaluation)
+    assert logged["eval/samples/_type"] == "table-file" and logged["eval/samples/nrows"] == 32
+    assert logged["eval/class_hist/values"] == pytest.approx(result["class_hist"])
+    assert logged["eval/fid"] == pytest.approx(result["fid"])
+
+
 def test_report_is_an_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb
 

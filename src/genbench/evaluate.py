@@ -196,7 +196,14 @@ def guidance_sweep(
     return {cond.GUIDANCE: cond.guidance_sweep(mcfg.conditional.guidance_scales, evaluate_at), "guidance_samples": n}
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+#: what a checkpoint's evaluation shows on its run's W&B run beside the numbers: the first samples,
+#: their per-sample metrics and their asked classes (see genbench.loggers.evaluation_media)
+Media = tuple[torch.Tensor, dict[str, list[Any]], torch.Tensor | None]
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path, Media | None]:
+    """Sample the checkpoint and evaluate it: (result, metrics.json path, the samples table's
+    content when the checkpoint's run logs to W&B, else None)."""
     from genbench.models import checkpoint_family, load_model_from_checkpoint, read_checkpoint
 
     ckpt_path = Path(str(cfg.ckpt_path)).expanduser()
@@ -230,6 +237,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     pairs, base = pairs_location(out, f"{ckpt_path.stem}-n{mcfg.num_samples}")
     result = evaluator.evaluate(generated, pairs_path=pairs, labels=labels, num_classes=model.num_classes)
     _relative_pairs(result, base)
+    media = None
+    if RunLayout.of_checkpoint(ckpt_path).wandb_run_id.is_file():  # a W&B run: its samples table too
+        from genbench.loggers import TABLE_SAMPLES
+        from genbench.metrics.per_sample import per_sample_metrics
+
+        shown = generated[:TABLE_SAMPLES]
+        media = (shown, per_sample_metrics(evaluator, shown), None if labels is None else labels[:TABLE_SAMPLES])
     if labels is not None:
         result["labels_asked"] = sorted(set(labels.tolist()))
     if mcfg.likelihood.due(final=True):
@@ -270,7 +284,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         sampling_seconds=round(sampling_seconds, 2),
         sampling_images_per_s=round(mcfg.num_samples / max(sampling_seconds, 1e-9), 1),
     )
-    return result, out
+    return result, out, media
 
 
 def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -301,11 +315,12 @@ def compare_sources(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     return result, out
 
 
-def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
+def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any], media: Media | None = None) -> str | None:
     """Add genbench-eval's scalars to the W&B run of the checkpoint's training run, when it had
     one (``<run>/wandb_run_id``, written by genbench.loggers): the run is resumed by its id, with
     the project and entity it was trained with, offline without credentials. So the dashboard
-    holds a run's numbers whichever path computed them. Returns the W&B run id, or None."""
+    holds a run's numbers whichever path computed them; ``media`` adds the samples table and the
+    class histograms, as the training's evaluations log them. Returns the W&B run id, or None."""
     layout = RunLayout.of_checkpoint(ckpt_path)
     run_dir, id_file = layout.root, layout.wandb_run_id
     if not id_file.is_file() or not id_file.read_text().strip():
@@ -313,7 +328,7 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
     import wandb
 
     from genbench import rundir
-    from genbench.loggers import wandb_mode
+    from genbench.loggers import evaluation_media, wandb_mode
 
     config = rundir.read_config(run_dir)
     conf = ((config.get("logger") or {}).get("wandb")) or {}
@@ -329,6 +344,9 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any]) -> str | None:
     )
     try:
         scalars = {**scalar_results(result, "eval/"), **cond.sweep_scalars(result.get(cond.GUIDANCE) or [])}
+        if media is not None:
+            images, per_sample, labels = media
+            scalars.update(evaluation_media(images, result, per_sample, labels))
         run.log({**scalars, "trainer/global_step": result.get("step") or 0})
         run.summary.update({"eval/source": "genbench-eval", "eval/ckpt": result.get("ckpt")})
         log.info("Logged the evaluation to W&B run %s (%s).", run.id, run.settings.mode)
@@ -345,10 +363,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     validate_config(cfg)
     check_writable(output_path(cfg))
+    media = None
     if cfg.get("input1"):
         result, out = compare_sources(cfg)
     elif cfg.get("ckpt_path"):
-        result, out = evaluate_checkpoint(cfg)
+        result, out, media = evaluate_checkpoint(cfg)
     else:
         raise GenbenchError(
             "Nothing to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt, or input1=<source> "
@@ -358,7 +377,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     append_result(out, result)
     result["metrics_json"] = str(out)
     if result.get("source") == CLI:
-        result["wandb_run_id"] = log_to_run_wandb(Path(str(cfg.ckpt_path)).expanduser(), result)
+        result["wandb_run_id"] = log_to_run_wandb(Path(str(cfg.ckpt_path)).expanduser(), result, media)
     log.info("%s -> %s", json.dumps(scalar_results(result)), out)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return result

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -242,26 +243,21 @@ def class_histogram(fractions: list[float]) -> Any:
     return wandb.Histogram(np_histogram=(np.asarray(fractions, dtype=float), np.arange(len(fractions) + 1)))
 
 
-def log_evaluation_media(
-    loggers: list[Any],
+def evaluation_media(
     images: Any,
-    result: dict[str, Any],
-    step: int,
-    per_sample: dict[str, list[Any]] | None = None,
+    result: Mapping[str, Any],
+    per_sample: Mapping[str, list[Any]] | None = None,
     labels: Any = None,
     prefix: str = "eval/",
-) -> bool:
-    """Log an evaluation's samples table and class histograms to every W&B logger.
+) -> dict[str, Any]:
+    """An evaluation's samples table and class histograms, as W&B values to log.
 
-    The table has one row per sample: the image, its asked class (``labels``, a conditional model)
-    and the per-sample metrics that exist (``per_sample``: the in-domain classifier's predicted class
-    and confidence, the distance to the nearest training image; see
-    :func:`genbench.metrics.per_sample.per_sample_metrics`). The generated and real class
-    histograms of mode coverage (``class_hist``, ``real_class_hist``) become W&B histograms with one
-    bin per class. Returns whether anything was logged."""
-    runs = [lg.experiment for lg in wandb_loggers(loggers)]
-    if not runs or not is_rank_zero():
-        return False
+    The table (``<prefix>samples``) has one row per sample (the first :data:`TABLE_SAMPLES`): the
+    image, its asked class (``labels``, a conditional model) and the per-sample metrics that exist
+    (``per_sample``: the in-domain classifier's predicted class and confidence, the distance to the
+    nearest training image; see :func:`genbench.metrics.per_sample.per_sample_metrics`). The
+    generated and real class histograms of mode coverage (``class_hist``, ``real_class_hist``)
+    become W&B histograms with one bin per class."""
     import wandb
 
     images = images[:TABLE_SAMPLES]
@@ -276,6 +272,23 @@ def log_evaluation_media(
     for key in ("class_hist", "real_class_hist"):
         if result.get(key):
             media[f"{prefix}{key}"] = class_histogram(result[key])
+    return media
+
+
+def log_evaluation_media(
+    loggers: list[Any],
+    images: Any,
+    result: Mapping[str, Any],
+    step: int,
+    per_sample: Mapping[str, list[Any]] | None = None,
+    labels: Any = None,
+) -> bool:
+    """Log :func:`evaluation_media` to every W&B logger of a training run (rank 0); returns
+    whether anything was logged."""
+    runs = [lg.experiment for lg in wandb_loggers(loggers)]
+    if not runs or not is_rank_zero():
+        return False
+    media = evaluation_media(images, result, per_sample, labels)
     for run in runs:
         run.log({**media, "trainer/global_step": step})
     return True
