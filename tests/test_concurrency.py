@@ -123,7 +123,7 @@ def test_a_live_lock_blocks_another_process_until_released(tmp_path: Path) -> No
         f"""
         import os, time
         from genbench.io import file_lock
-        with file_lock({str(lock)!r}, stale_after=0.8):  # heartbeat every 0.1 s
+        with file_lock({str(lock)!r}, stale_after=2.0):  # heartbeat every 0.25 s
             print("held", flush=True)
             while not os.path.exists({str(release)!r}):
                 time.sleep(0.05)
@@ -135,17 +135,26 @@ def test_a_live_lock_blocks_another_process_until_released(tmp_path: Path) -> No
         assert holder.stdout.readline().strip() == "held"
         waiter_code = (
             "import logging, sys, time\nlogging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-            f"from genbench.io import file_lock\nwith file_lock({str(lock)!r}, 'the entry', stale_after=0.8):\n"
+            f"from genbench.io import file_lock\nwith file_lock({str(lock)!r}, 'the entry', stale_after=2.0):\n"
             "    print('got', time.time(), flush=True)\n"
         )
         waiter = subprocess.Popen(
             [sys.executable, "-c", waiter_code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(3)  # much longer than stale_after: the heartbeat keeps the live lock from being broken
+        # the waiter's first lines, up to the one saying it waits (its imports can take seconds on a
+        # loaded machine, so wait for the line rather than for a fixed time)
+        first: list[str] = []
+        while (line := waiter.stderr.readline()) and "Waiting for the entry" not in line:
+            first.append(line)
+        first.append(line)
+        # much longer than stale_after (2 s; generous, so that a loaded machine's scheduling delays
+        # cannot stop the heartbeat for that long): the heartbeat keeps the live lock from being broken
+        time.sleep(5)
         assert waiter.poll() is None, waiter.communicate()
-        assert time.time() - lock.stat().st_mtime < 0.8  # the heartbeat is beating
+        assert time.time() - lock.stat().st_mtime < 2.0  # the heartbeat is beating
         release.touch()
         out, err = waiter.communicate(timeout=60)
+        err = "".join(first) + err
         released = float(holder.stdout.readline().split()[1])
         assert holder.wait(timeout=30) == 0
     finally:
