@@ -59,6 +59,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("B200", 2250e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),  # before "L4", a substring of both
     ("L4", 121e12),
     ("A10G", 70e12),
     ("A10", 125e12),

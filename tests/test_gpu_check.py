@@ -285,6 +285,7 @@ def test_mfu_arithmetic_and_peaks() -> None:
     assert perf_gpu.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert perf_gpu.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12  # before the generic H100 entry
     assert perf_gpu.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert perf_gpu.peak_bf16_flops("NVIDIA L40S") == 362e12 and perf_gpu.peak_bf16_flops("NVIDIA L4") == 121e12
     assert perf_gpu.peak_bf16_flops("Some Future GPU") is None
 
 
