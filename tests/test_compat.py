@@ -94,3 +94,20 @@ def test_csv_writer_deletes_the_old_file_and_prepend_restores_rows(tmp_path: Pat
     assert not path.exists()
     compat.prepend_csv_rows(fresh, [{"step": 0, "loss": 1.5}])
     assert [r["loss"] for r in csv.DictReader(path.open())] == ["1.5"]
+
+
+def test_wandb_credential_resolver_finds_a_key_and_reports_none(tmp_path: Path) -> None:
+    # A fresh process per case: W&B caches its settings for the life of a process.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb"))
+    code = "from genbench.compat import wandb_find_credentials as f; print(f())"
+    run = lambda extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, timeout=120
+    )
+    none, key = run({}), run({"WANDB_API_KEY": "a" * 40})
+    assert none.stdout.strip() == "False", none.stderr
+    assert key.stdout.strip() == "True", key.stderr

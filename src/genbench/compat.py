@@ -18,7 +18,7 @@ from importlib.metadata import version
 from typing import Any
 
 #: the versions whose internals the wrappers below were read from
-CHECKED_AGAINST = {"pytorch-lightning": "2.6.6", "torch-fidelity": "0.4.0"}
+CHECKED_AGAINST = {"pytorch-lightning": "2.6.6", "torch-fidelity": "0.4.0", "wandb": "0.31.0"}
 
 
 def version_mismatches() -> dict[str, tuple[str, str]]:
@@ -30,6 +30,26 @@ def version_mismatches() -> dict[str, tuple[str, str]]:
         if installed != checked:
             out[name] = (checked, installed)
     return out
+
+
+# --- W&B ----------------------------------------------------------------------------------------
+
+
+def wandb_find_credentials() -> bool:
+    """Whether W&B's own resolver finds credentials for the server it would log to, without
+    prompting or contacting it; raises ``wandb.errors.AuthenticationError`` for credentials it
+    finds but cannot use.
+
+    wandb 0.31.0 has no public call for this: ``wandb.sdk.wandb_setup.singleton().settings`` gives the
+    server (``base_url``, from WANDB_BASE_URL or ``wandb login --host``) and
+    ``wandb.sdk.lib.wbauth.authenticate_session(host=HostUrl(...), prompt=False, update_session=False)``
+    resolves WANDB_API_KEY, identity tokens, the netrc entry of that server and saved settings."""
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
+    return wbauth.authenticate_session(host=host, source="genbench", prompt=False, update_session=False) is not None
 
 
 # --- Lightning ----------------------------------------------------------------------------------

@@ -53,19 +53,16 @@ def wandb_has_credentials() -> bool:
     an API key in W&B's settings. Nothing is prompted for and the server is not contacted. A key
     W&B finds but could not use (malformed) is one clear error rather than a run that fails later."""
     from wandb.errors import AuthenticationError
-    from wandb.sdk import wandb_setup
-    from wandb.sdk.lib import wbauth
 
-    settings = wandb_setup.singleton().settings
-    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
+    from genbench.compat import wandb_find_credentials
+
     try:
-        auth = wbauth.authenticate_session(host=host, source="genbench", prompt=False, update_session=False)
+        return wandb_find_credentials()
     except AuthenticationError as e:
         raise GenbenchError(
-            f"W&B found credentials for {settings.base_url} but cannot use them ({e}): log in again with "
-            "`wandb login --relogin`, or set WANDB_MODE=offline."
+            f"W&B found credentials but cannot use them ({e}): log in again with `wandb login --relogin`, or set "
+            "WANDB_MODE=offline."
         ) from None
-    return auth is not None
 
 
 def wandb_mode() -> str | None:
