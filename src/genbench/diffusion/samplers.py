@@ -11,6 +11,8 @@ The protocol generic code may rely on (the callbacks and the API use nothing els
 (network evaluations: the cost), ``deterministic`` (x_0 is a function of x_T alone), ``label``,
 ``describe()``, and ``step(i, output, x, t, generator, prediction)`` returning
 ``(x_prev, x0_pred)`` like diffusers' schedulers (``prev_sample``, ``pred_original_sample``).
+Every sampler also carries ``guidance``, the classifier-free guidance scale a conditional model
+samples with (:mod:`genbench.diffusion.guidance`; the model combines its branches into ``model_fn``).
 """
 
 import math
@@ -21,6 +23,7 @@ import torch
 from rich.progress import Progress
 
 from genbench import GenbenchError
+from genbench.diffusion.guidance import check_guidance, guidance_label, guidance_record
 from genbench.diffusion.schedule import NoiseSchedule, _extract, check_prediction, to_x0_eps
 from genbench.reproducibility import randn
 from genbench.stopping import check_stop
@@ -43,8 +46,10 @@ class Sampler:
     #: whether the sample is a function of x_T alone (no fresh noise per step)
     deterministic: bool = False
 
-    def __init__(self, schedule: NoiseSchedule | None = None) -> None:
+    def __init__(self, schedule: NoiseSchedule | None = None, guidance: float = 0.0) -> None:
         self.schedule = schedule
+        #: the classifier-free guidance scale w of a conditional model (``sampler.guidance``; 0: none)
+        self.guidance = check_guidance(guidance)
 
     def bind(self, schedule: NoiseSchedule) -> "Sampler":
         self.schedule = schedule
@@ -64,19 +69,20 @@ class Sampler:
     @property
     def nfe(self) -> int:
         """Network evaluations per sample: what sampling costs, comparable across samplers whose
-        steps cost different numbers of evaluations."""
+        steps cost different numbers of evaluations. These are sequential network calls: with
+        guidance each call evaluates a batch of 2n (both branches), and the count is the same."""
         return self.num_steps * self.nfe_per_step
 
     @property
     def label(self) -> str:
         """A short name for tables and metric records, e.g. ``ddim-50`` or ``edm_heun-35``: the
         network evaluations are what set both the cost and the quality, so they are part of the name
-        (for a one-evaluation step, the number of steps)."""
-        return f"{self.name}-{self.nfe}"
+        (for a one-evaluation step, the number of steps), and so is a guidance scale (``ddim-50-w2``)."""
+        return guidance_label(f"{self.name}-{self.nfe}", self.guidance)
 
     def describe(self) -> dict[str, Any]:
         """What drew the samples, recorded with the metrics; subclasses add their own settings."""
-        return {"name": self.name, "steps": self.num_steps, "nfe": self.nfe}
+        return {"name": self.name, "steps": self.num_steps, "nfe": self.nfe, **guidance_record(self.guidance)}
 
     def timesteps(self) -> list[int]:
         raise NotImplementedError
@@ -139,8 +145,10 @@ class AncestralSampler(Sampler):
 
     name = "ancestral"
 
-    def __init__(self, schedule: NoiseSchedule | None = None, variance: str = "beta_tilde") -> None:
-        super().__init__(schedule)
+    def __init__(
+        self, schedule: NoiseSchedule | None = None, variance: str = "beta_tilde", guidance: float = 0.0
+    ) -> None:
+        super().__init__(schedule, guidance)
         if variance not in ("beta_tilde", "beta"):
             raise GenbenchError(f"Unknown ancestral variance '{variance}': use beta_tilde or beta.")
         self.variance = variance
@@ -173,8 +181,10 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
 
-    def __init__(self, schedule: NoiseSchedule | None = None, steps: int = 50, eta: float = 0.0) -> None:
-        super().__init__(schedule)
+    def __init__(
+        self, schedule: NoiseSchedule | None = None, steps: int = 50, eta: float = 0.0, guidance: float = 0.0
+    ) -> None:
+        super().__init__(schedule, guidance)
         if steps < 1:
             raise GenbenchError(f"DDIM needs at least one step, got sampler.steps={steps}.")
         self.steps = steps
@@ -299,8 +309,9 @@ class DPMSolverSampler(Sampler):
         order: int = 2,
         spacing: str = "leading",
         clip_x0: bool = True,
+        guidance: float = 0.0,
     ) -> None:
-        super().__init__(schedule)
+        super().__init__(schedule, guidance)
         self.steps = _check_steps(self.name, steps)
         if order not in (1, 2):
             raise GenbenchError(f"DPM-Solver++ is implemented for sampler.order=1 or 2, got {order!r}.")
@@ -388,8 +399,9 @@ class EDMHeunSampler(Sampler):
         rho: float = 7.0,
         spacing: str = "linspace",
         clip_x0: bool = True,
+        guidance: float = 0.0,
     ) -> None:
-        super().__init__(schedule)
+        super().__init__(schedule, guidance)
         self.steps = _check_steps(self.name, steps)
         self.karras = bool(karras)
         self.rho = float(rho)

@@ -2,8 +2,10 @@
 
 They answer the same sampler protocol as the diffusion samplers (``genbench.diffusion.samplers``):
 ``num_steps``, ``nfe_per_step`` and ``nfe`` (network evaluations: the cost), ``deterministic``,
-``label``, ``describe()``, and ``step(...)`` returning ``(x_next, x1_pred)``, the next state and
-the data endpoint the velocity points at (as diffusers' schedulers return the predicted x0).
+``label``, ``describe()``, ``guidance`` (the classifier-free guidance scale a conditional model
+samples with: :mod:`genbench.diffusion.guidance`), and ``step(...)`` returning ``(x_next, x1_pred)``,
+the next state and the data endpoint the velocity points at (as diffusers' schedulers return the
+predicted x0).
 Every solver here is deterministic: the sample is a function of the starting noise alone, so a
 flow model's latent interpolations decode with any of them.
 
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from genbench.diffusion.guidance import check_guidance, guidance_label, guidance_record
 from genbench.errors import GenbenchError
 from genbench.stopping import check_stop
 
@@ -38,10 +41,12 @@ class ODESolver:
     #: what the network must predict for this solver (checked by the model that samples)
     prediction = "velocity"
 
-    def __init__(self, steps: int = 10) -> None:
+    def __init__(self, steps: int = 10, guidance: float = 0.0) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise GenbenchError(f"An ODE solver needs sampler.steps >= 1, got {steps!r}.")
         self.steps = steps
+        #: the classifier-free guidance scale w of a conditional model (``sampler.guidance``; 0: none)
+        self.guidance = check_guidance(guidance)
 
     @property
     def num_steps(self) -> int:
@@ -49,17 +54,18 @@ class ODESolver:
 
     @property
     def nfe(self) -> int:
-        """Network evaluations per sample."""
+        """Network evaluations per sample, as sequential calls (a guided call evaluates 2n at once)."""
         return self.num_steps * self.nfe_per_step
 
     @property
     def label(self) -> str:
-        """A short name for tables: the solver and its NFE (what sets cost and quality)."""
-        return f"{self.name}-{self.nfe}"
+        """A short name for tables: the solver and its NFE (what sets cost and quality), and the
+        guidance scale when there is one (``euler-20-w2``)."""
+        return guidance_label(f"{self.name}-{self.nfe}", self.guidance)
 
     def describe(self) -> dict[str, Any]:
         """What drew the samples, recorded with the metrics."""
-        return {"name": self.name, "steps": self.num_steps, "nfe": self.nfe}
+        return {"name": self.name, "steps": self.num_steps, "nfe": self.nfe, **guidance_record(self.guidance)}
 
     def times(self, device: torch.device | None = None) -> torch.Tensor:
         """The step boundaries 0 = t_0 < ... < t_steps = 1 (float64)."""
@@ -144,8 +150,15 @@ class AdaptiveSolver(ODESolver):
 
     name = "dopri5"
 
-    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = 200, first_step: float = 0.1) -> None:
-        super().__init__(steps=1)
+    def __init__(
+        self,
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        max_steps: int = 200,
+        first_step: float = 0.1,
+        guidance: float = 0.0,
+    ) -> None:
+        super().__init__(steps=1, guidance=guidance)
         if not (rtol > 0 and atol > 0):
             raise GenbenchError(f"dopri5 needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}.")
         self.rtol, self.atol, self.max_steps, self.first_step = float(rtol), float(atol), int(max_steps), first_step
@@ -162,7 +175,7 @@ class AdaptiveSolver(ODESolver):
 
     @property
     def label(self) -> str:
-        return f"{self.name}-tol{self.rtol:g}"
+        return guidance_label(f"{self.name}-tol{self.rtol:g}", self.guidance)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {**super().describe(), "rtol": self.rtol, "atol": self.atol}

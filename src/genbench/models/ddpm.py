@@ -6,6 +6,8 @@ E_{t, x_0, eps} ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^
 with an EMA copy of the network. ``prediction`` (default "eps") says what the network outputs;
 "x0" or "v" change the regression target to match, and the samplers read the output accordingly.
 ``loss_weighting="min_snr"`` weights each example's error by min-SNR-gamma (Hang et al., 2023).
+With ``conditional=true`` the network also takes a class, trained with label dropout, and samples
+with classifier-free guidance (``sampler.guidance``; :mod:`genbench.models.ema_regression`).
 
 Its likelihood has two bounds: the variational bound of Ho et al. (``vlb``, the headline) and, with
 ``likelihood.ode=true``, the bound through its probability-flow ODE (``ode``), which is the
@@ -26,7 +28,7 @@ from genbench.diffusion.schedule import _extract, check_prediction, to_x0_eps
 from genbench.distributions import LikelihoodConfig, discretized_gaussian_log_likelihood, normal_kl
 from genbench.flow.likelihood import ode_nll_bound
 from genbench.models.base import OptimizerFactory, SchedulerFactory
-from genbench.models.ema_regression import EMARegressionModel
+from genbench.models.ema_regression import CONDITIONING_RULES, EMARegressionModel
 from genbench.registry import FamilySpec
 from genbench.schema import UNET_RULES, Rule, choice, integer, number
 
@@ -53,9 +55,23 @@ class DDPM(EMARegressionModel):
         prediction: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        conditional: bool = False,
+        num_classes: int | None = None,
+        label_dropout: float = 0.1,
     ) -> None:
         super().__init__(
-            net, optimizer, scheduler, ema_decay, channels, image_size, sample_batch_size, channels_last, compile
+            net,
+            optimizer,
+            scheduler,
+            ema_decay,
+            channels,
+            image_size,
+            sample_batch_size,
+            channels_last,
+            compile,
+            conditional,
+            num_classes,
+            label_dropout,
         )
         self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "scheduler"])
         #: what the network outputs ("eps", "x0" or "v"): its training target, passed to every sampler
@@ -82,10 +98,15 @@ class DDPM(EMARegressionModel):
             self.schedule.check_matches(saved, source="The checkpoint")
 
     def diffusion_loss(
-        self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        net: nn.Module,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The MSE to the ``prediction`` target (the noise by default) at uniformly drawn timesteps,
-        each example's mean squared error weighted by ``loss_weighting`` (uniform: plain MSE)."""
+        each example's mean squared error weighted by ``loss_weighting`` (uniform: plain MSE); a
+        conditional network sees the classes ``labels`` (None: the null class)."""
         n = x0.shape[0]
         if generator is None:
             t = self.schedule.sample_timesteps(n, x0.device)
@@ -95,7 +116,7 @@ class DDPM(EMARegressionModel):
             t = t.to(x0.device)
             noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         target = self.schedule.prediction_target(x0, noise, t, self.prediction)
-        output = net(self.schedule.q_sample(x0, t, noise), t)
+        output = self.network(net, labels)(self.schedule.q_sample(x0, t, noise), t)
         if self.loss_weighting == "uniform":
             return F.mse_loss(output, target)
         per_example = F.mse_loss(output, target, reduction="none").flatten(1).mean(1)
@@ -111,12 +132,16 @@ class DDPM(EMARegressionModel):
         sampler: Sampler | None = None,
         use_ema: bool = True,
         progress: bool = False,
+        labels: torch.Tensor | None = None,
+        guidance: float | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        """``n`` samples of the classes ``labels`` (a conditional model), guided with ``guidance``
+        (default: the sampler's ``guidance``)."""
         sampler = self.sampler if sampler is None else self.prepare_sampler(sampler)
+        fn = self.network(self.ema.shadow if use_ema else self.net, labels, self.guidance_scale(sampler, guidance))
         x_T = self.randn(n, *self.image_shape, generator=generator)
-        net = self.ema.shadow if use_ema else self.net
-        return sampler(net, x_T, generator=generator, progress=progress, prediction=self.prediction)
+        return sampler(fn, x_T, generator=generator, progress=progress, prediction=self.prediction)
 
     def prepare_sampler(self, sampler: Sampler) -> Sampler:
         """``sampler`` bound to this model's noise schedule (in place; returned for chaining).
@@ -155,8 +180,11 @@ class DDPM(EMARegressionModel):
     def _decode_batch(
         self, z: torch.Tensor, sampler: Sampler | None = None, use_ema: bool = True, **kwargs: Any
     ) -> torch.Tensor:
+        """x_T -> image; a conditional model decodes with its unconditional branch (the null class)."""
         net = self.ema.shadow if use_ema else self.net
-        return self.deterministic_sampler(sampler)(net, z, prediction=self.prediction)
+        sampler = self.deterministic_sampler(sampler)
+        fn = self.network(net, None, 0.0)
+        return sampler(fn, z, prediction=self.prediction)
 
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
     @property
@@ -181,17 +209,23 @@ class DDPM(EMARegressionModel):
         return normal_kl(mean, logvar.expand_as(mean), 0.0, 0.0).flatten(1).sum(1)
 
     def vlb_term(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, net: nn.Module | None = None
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        net: nn.Module | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The bound's term at timestep index t (0-based, one per image), per image in nats, with
         x_t = q_sample(x_0, t, noise): for t >= 1, L_{t} = KL(q(x_{t-1}|x_t, x_0) || p(x_{t-1}|x_t));
         for t = 0, L_0 = -log p(x_0|x_1) under the discretised Gaussian decoder. p's mean comes from the
         network's output via the clipped x_0 prediction (as the samplers do), its variance is
-        :meth:`reverse_log_variance`. ``net`` defaults to the EMA weights that sampling uses."""
+        :meth:`reverse_log_variance`. ``net`` defaults to the EMA weights that sampling uses; a
+        conditional model's is given the classes ``labels`` (a term of the bound on -log p(x|y))."""
         s = self.schedule
         net = self.ema.shadow if net is None else net
         xt = s.q_sample(x0, t, noise)
-        x0_pred, _ = s.to_x0_eps(xt, t, net(xt, t), self.prediction)
+        x0_pred, _ = s.to_x0_eps(xt, t, self.network(net, labels)(xt, t), self.prediction)
         x0_pred = x0_pred.clamp(-1, 1)
         model_mean = s.posterior_mean(x0_pred, xt, t).double()
         model_logvar = _extract(self.reverse_log_variance(), t, x0.ndim).double()
@@ -231,15 +265,22 @@ class DDPM(EMARegressionModel):
         return (log_min - log_max) * (sqrt_one_minus_ab * eps - one_minus_ab * x)
 
     def likelihood_bounds(
-        self, x: torch.Tensor, cfg: LikelihoodConfig, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        cfg: LikelihoodConfig,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``vlb`` per image (nats): L_T + sum over t of :meth:`vlb_term` (Ho et al., 2020, eq. 5).
+        A conditional model bounds -log p(x|y) at the classes ``labels`` (required; unguided: w = 0),
+        to which :func:`genbench.metrics.likelihood.evaluate_likelihood` adds log K.
 
         With ``cfg.timesteps`` = k < T each image gets k distinct timesteps drawn uniformly (without
         replacement, so k = T is the exact sum) and the sum is estimated as T * their mean: unbiased,
         and its Monte-Carlo noise is part of the per-image spread the standard error is computed from.
         Draw order from ``generator`` (part of the contract, the tests rely on it): the timesteps
         (one permutation per image) when k < T, then for each j < k a noise tensor shaped like x."""
+        self.check_likelihood_labels(labels)
         T, n = self.schedule.timesteps, x.shape[0]
         k = min(cfg.timesteps, T)
         if k == T:
@@ -251,10 +292,10 @@ class DDPM(EMARegressionModel):
         total = torch.zeros(n, dtype=torch.float64, device=x.device)
         for j in range(k):
             noise = self.randn(*x.shape, generator=generator).to(x.dtype)
-            total += self.vlb_term(x, ts[:, j].contiguous(), noise)
+            total += self.vlb_term(x, ts[:, j].contiguous(), noise, labels=labels)
         bounds = {"vlb": self.vlb_prior(x) + total * (T / k)}
         if cfg.ode:
-            net = self.ema.shadow
+            net = self.network(self.ema.shadow, labels)
             velocity = lambda z, tau: self.ode_velocity(net, z, tau)  # noqa: E731
             bounds["ode"] = ode_nll_bound(velocity, x, cfg.ode_steps, generator)
         return bounds
@@ -269,6 +310,8 @@ SPEC = FamilySpec(
     colour="tab:green",
     likelihood="bound",
     deterministic_sampler=True,  # its default sampler, DDIM with eta=0
+    conditional=True,
+    guidance=True,
     prediction="eps",
     samplers=True,
     default_sampler="ddim",
@@ -281,6 +324,7 @@ SPEC = FamilySpec(
     ),
     schema_rules=(
         *UNET_RULES,
+        *CONDITIONING_RULES,
         Rule("model.ema_decay", number(0, 1, hi_open=True), "0.999"),
         Rule("model.schedule.timesteps", integer(1), "1000"),
         Rule("model.schedule.kind", choice("linear", "cosine"), "linear"),

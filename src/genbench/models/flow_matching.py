@@ -8,7 +8,9 @@ designed for), the path (``genbench.flow.CondOTPath``), the training-time distri
 (``genbench.flow.TimeSampler``: uniform or logit-normal) and an ODE solver
 (``genbench.flow.solvers``: Euler, Heun, adaptive dopri5). Training minimises
 E_{t, x1, x0} ||(x1 - x0) - v_theta(t x1 + (1 - t) x0, t)||^2; samples come from an EMA copy of the
-network, integrated from x0 ~ N(0, I) at t = 0 to t = 1.
+network, integrated from x0 ~ N(0, I) at t = 0 to t = 1. With ``conditional=true`` the network also
+takes a class, trained with label dropout, and samples with classifier-free guidance of its velocity
+(``sampler.guidance``; :mod:`genbench.models.ema_regression`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from genbench.errors import GenbenchError
 from genbench.flow import CondOTPath, EulerSolver, ODESolver, TimeSampler
 from genbench.flow.likelihood import ode_nll_bound
 from genbench.models.base import OptimizerFactory, SchedulerFactory
-from genbench.models.ema_regression import EMARegressionModel
+from genbench.models.ema_regression import CONDITIONING_RULES, EMARegressionModel, NetworkFn
 from genbench.registry import FamilySpec
 from genbench.schema import UNET_RULES, Rule, choice, number
 
@@ -48,9 +50,23 @@ class FlowMatching(EMARegressionModel):
         sample_batch_size: int = 256,
         channels_last: bool | str = False,
         compile: bool | dict[str, Any] | None = False,  # the config key model.compile
+        conditional: bool = False,
+        num_classes: int | None = None,
+        label_dropout: float = 0.1,
     ) -> None:
         super().__init__(
-            net, optimizer, scheduler, ema_decay, channels, image_size, sample_batch_size, channels_last, compile
+            net,
+            optimizer,
+            scheduler,
+            ema_decay,
+            channels,
+            image_size,
+            sample_batch_size,
+            channels_last,
+            compile,
+            conditional,
+            num_classes,
+            label_dropout,
         )
         self.save_hyperparameters(ignore=["net", "sampler", "optimizer", "scheduler"])
         self.path = CondOTPath()
@@ -58,16 +74,24 @@ class FlowMatching(EMARegressionModel):
         self.time_scale = float(time_scale)
         self.sampler = self.prepare_sampler(sampler)
 
-    def velocity(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """v(x, t) for times ``t`` in [0, 1] (one per image)."""
+    def velocity(self, net: nn.Module | NetworkFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v(x, t) for times ``t`` in [0, 1] (one per image); ``net``: the network, or it with its
+        classes and guidance bound (:meth:`network`)."""
         return net(x, t * self.time_scale)
 
-    def flow_loss(self, net: nn.Module, x1: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The MSE between the network's velocity and the path's, at times from the time sampler."""
+    def flow_loss(
+        self,
+        net: nn.Module,
+        x1: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The MSE between the network's velocity and the path's, at times from the time sampler; a
+        conditional network sees the classes ``labels`` (None: the null class)."""
         t = self.time_sampler(x1.shape[0], x1.device, generator)
         x0 = self.randn(*x1.shape, generator=generator).to(x1.dtype)
         x_t, target = self.path.sample(x1, x0, t)
-        return F.mse_loss(self.velocity(net, x_t, t), target)
+        return F.mse_loss(self.velocity(self.network(net, labels), x_t, t), target)
 
     regression_loss = flow_loss
 
@@ -89,9 +113,14 @@ class FlowMatching(EMARegressionModel):
         sampler: ODESolver | None = None,
         use_ema: bool = True,
         progress: bool = False,
+        labels: torch.Tensor | None = None,
+        guidance: float | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        return self._decode_batch(self.randn(n, *self.image_shape, generator=generator), sampler, use_ema, progress)
+        """``n`` samples of the classes ``labels`` (a conditional model), guided with ``guidance``
+        (default: the solver's ``guidance``)."""
+        z = self.randn(n, *self.image_shape, generator=generator)
+        return self._decode_batch(z, sampler, use_ema, progress, labels=labels, guidance=guidance)
 
     # --- likelihood in bits/dim (genbench.metrics.likelihood) --------------------------------
     def likelihood_description(self, cfg: LikelihoodConfig) -> str:
@@ -99,11 +128,18 @@ class FlowMatching(EMARegressionModel):
         return f"dequantised ODE bound (EMA weights, Heun {cfg.ode_steps} steps, Hutchinson divergence, 1 probe)"
 
     def likelihood_bounds(
-        self, x: torch.Tensor, cfg: LikelihoodConfig, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        cfg: LikelihoodConfig,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """-log P(x) per image (nats), bounded through the probability-flow ODE of the EMA network
-        with uniform dequantisation (genbench.flow.likelihood): ``ode``."""
-        net = self.ema.shadow
+        with uniform dequantisation (genbench.flow.likelihood): ``ode``. A conditional model bounds
+        -log P(x|y) at the classes ``labels`` (required; unguided: the flow of the conditional
+        velocity), to which :func:`genbench.metrics.likelihood.evaluate_likelihood` adds log K."""
+        self.check_likelihood_labels(labels)
+        net = self.network(self.ema.shadow, labels)
         return {"ode": ode_nll_bound(lambda z, t: self.velocity(net, z, t), x, cfg.ode_steps, generator)}
 
     @property
@@ -117,10 +153,17 @@ class FlowMatching(EMARegressionModel):
         sampler: ODESolver | None = None,
         use_ema: bool = True,
         progress: bool = False,
+        labels: torch.Tensor | None = None,
+        guidance: float | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        """x0 -> image through the solver; a conditional model follows the (guided) velocity of the
+        classes ``labels``, or its unconditional branch without them."""
         solver = self.sampler if sampler is None else self.prepare_sampler(sampler)
-        net = self.ema.shadow if use_ema else self.net
+        w = self.guidance_scale(solver, guidance)
+        if labels is None and self.conditional:
+            w = 0.0  # the unconditional branch (a latent decoded without a class): nothing to guide
+        net = self.network(self.ema.shadow if use_ema else self.net, labels, w)
         return solver(lambda x, t: self.velocity(net, x, t), z, progress=progress)
 
 
@@ -133,6 +176,8 @@ SPEC = FamilySpec(
     colour="tab:orange",
     likelihood="bound",
     deterministic_sampler=True,
+    conditional=True,
+    guidance=True,
     prediction="velocity",
     samplers=True,
     default_sampler="euler",
@@ -144,6 +189,7 @@ SPEC = FamilySpec(
     ),
     schema_rules=(
         *UNET_RULES,
+        *CONDITIONING_RULES,
         Rule("model.ema_decay", number(0, 1, hi_open=True), "0.999"),
         Rule("model.time_sampling", choice(*TimeSampler.KINDS), "logit_normal"),
         Rule("model.logit_std", number(0, lo_open=True), "1.0"),

@@ -2,6 +2,12 @@
 
 It maps (x_t, t) to a tensor shaped like x_t. It knows nothing about the noise schedule: the
 timestep arrives as an integer (or float) and is embedded sinusoidally, as in the Transformer.
+
+With ``num_classes=K`` it is class-conditional: ``forward(x, t, y)`` adds a learned embedding of the
+class y to the time embedding (as in Ho & Salimans, 2022, and the ADM UNet). The embedding has K + 1
+rows: row K is the "null" class, the unconditional branch that label dropout trains and classifier-free
+guidance queries (``y=None`` means that row for every image). The network knows nothing of guidance:
+that is a combination of its outputs, done by the model that samples.
 """
 
 import math
@@ -10,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbench.errors import GenbenchError
 from genbench.nets.validation import check_channels, check_divisible_size
 
 
@@ -92,7 +99,8 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """Encoder-decoder with skip connections; ``channel_mults`` sets the depth (one downsample each
-    level but the last), ``attn_resolutions`` the feature-map sizes that get self-attention."""
+    level but the last), ``attn_resolutions`` the feature-map sizes that get self-attention, and
+    ``num_classes`` (None: unconditional) the classes of its optional class embedding."""
 
     def __init__(
         self,
@@ -103,13 +111,19 @@ class UNet(nn.Module):
         num_res_blocks: int = 1,
         attn_resolutions: tuple[int, ...] = (8,),
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         check_channels("UNet", channels)
         check_divisible_size("UNet", image_size, len(channel_mults) - 1)
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise GenbenchError(f"UNet(num_classes={num_classes!r}): use a class count >= 1, or None (unconditional).")
         self.base_channels = base_channels
+        #: the number of real classes (None: unconditional); index ``num_classes`` is the null class
+        self.num_classes = None if num_classes is None else int(num_classes)
         temb_dim = base_channels * 4
         self.temb_mlp = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.class_emb = None if self.num_classes is None else nn.Embedding(self.num_classes + 1, temb_dim)
         self.stem = nn.Conv2d(channels, base_channels, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -152,8 +166,23 @@ class UNet(nn.Module):
             h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int | None:
+        """The embedding row of the unconditional branch (None for an unconditional network)."""
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The output at states ``x`` and timesteps ``t``; ``y``: the classes (0..K-1, or K for the
+        null class), one per image; None on a conditional network is the null class."""
         temb = self.temb_mlp(timestep_embedding(t, self.base_channels))
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            temb = temb + self.class_emb(y).to(temb.dtype)
+        elif y is not None:
+            raise GenbenchError(
+                "This UNet is unconditional (num_classes=None) and cannot take classes: build it with num_classes=K."
+            )
         h = self.stem(x)
         skips = [h]
         for block in self.down:
