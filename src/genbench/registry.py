@@ -71,6 +71,10 @@ class FamilySpec:
         cpu_bf16_speedup: bf16-mixed / fp32 training speed of this family on a CPU with native bf16,
             as ``scripts/perf_precision.py`` measured it; ``trainer.precision=auto`` reads it there
             (None: never measured, so such a CPU trains the family in fp32).
+        menu: the family's options a user chooses between, as ``(dotted config key, short label)``
+            pairs (e.g. ``("model.r1_gamma", "R1 gamma")``): the benchmark report shows, per family,
+            the value each run used (read from its resolved config), so a reader sees which options
+            a preset turns on without reading YAML.
     """
 
     name: str
@@ -91,6 +95,7 @@ class FamilySpec:
     schema_rules: tuple[Rule, ...] = field(default_factory=tuple)
     find_unused_parameters: bool = False
     cpu_bf16_speedup: float | None = None
+    menu: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name[0].isalpha():
@@ -105,6 +110,14 @@ class FamilySpec:
             object.__setattr__(self, "title", self.name.upper())
         object.__setattr__(self, "tiny_overrides", tuple(self.tiny_overrides))
         object.__setattr__(self, "schema_rules", tuple(self.schema_rules))
+        menu = tuple(tuple(entry) for entry in self.menu)
+        for entry in menu:
+            if len(entry) != 2 or not all(isinstance(part, str) and part for part in entry):
+                raise GenbenchError(
+                    f"Family {self.name}: menu entry {entry!r} must be a (dotted config key, label) pair, "
+                    'e.g. ("model.r1_gamma", "R1 gamma").'
+                )
+        object.__setattr__(self, "menu", menu)
 
     @property
     def model_class(self) -> type:

@@ -330,4 +330,15 @@ SPEC = FamilySpec(
         Rule("model.g_ema_decay", number(0, 1, hi_open=True, null=True), "0.999"),
         Rule("model.num_classes", integer(2, null=True), "10"),
     ),
+    menu=(
+        ("model.loss", "loss"),
+        ("model.discriminator.spectral_norm", "spectral norm"),
+        ("model.r1_gamma", "R1 gamma"),
+        ("model.r1_every", "R1 every"),
+        ("model.diffaugment", "DiffAugment"),
+        ("model.g_ema_decay", "G EMA"),
+        ("model.optimizer_g.lr", "lr G"),
+        ("model.optimizer_d.lr", "lr D"),
+        ("model.conditional", "conditional"),
+    ),
 )

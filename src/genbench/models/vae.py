@@ -367,4 +367,14 @@ SPEC = FamilySpec(
             "discretized_logistic",
         ),
     ),
+    menu=(
+        ("model.beta", "beta"),
+        ("model.kl_warmup_steps", "KL warm-up steps"),
+        ("model.free_bits", "free bits"),
+        ("model.decoder._target_", "decoder"),
+        ("model.decoder.blocks", "decoder blocks"),
+        ("model.latent_dim", "latent dim"),
+        ("model.optimizer.lr", "lr"),
+        ("model.conditional", "conditional"),
+    ),
 )
