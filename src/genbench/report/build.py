@@ -36,6 +36,7 @@ from genbench.report.leaderboard import (
     write_leaderboard,
 )
 from genbench.report.plots import guidance_curves, metrics_during_training, quality_vs_cost, quality_vs_steps
+from genbench.report.presets import menu_text, preset_text
 from genbench.report.stability import per_seed_curves
 from genbench.report.verdict import verdict
 
@@ -268,6 +269,8 @@ def protocol(
             ("Budget", f"{budget.get('name', '')}: {' '.join(str(budget['description']).split())}".strip(": "))
         )
     lines.append(("Training budget", _per_family(runs, _budget_text)))
+    lines.append(("Preset chosen", _per_family(runs, lambda r: preset_text(r.config))))
+    lines.append(("Menu options", _per_family(runs, lambda r: menu_text(r.family, r.config))))
     lines.append(("Training spent", _per_family(runs, _load_text)))
     if floor:
         lines.append(
