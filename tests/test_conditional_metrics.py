@@ -88,6 +88,15 @@ def test_guidance_sweep_keeps_the_sweep_metrics_in_order() -> None:
     assert cond.sweep_scalars(sweep)["eval/guidance_w4/fid"] == 6.0
 
 
+def test_guidance_is_a_capability_of_conditional_families_only(standin_registered: None) -> None:
+    from genbench.registry import FamilySpec
+
+    with pytest.raises(GenbenchError, match="guidance=True needs conditional=True"):
+        FamilySpec(name="toy", model="x:Y", guidance=True)
+    assert cond.guided(ClassBank(1, 8, num_classes=4))
+    assert not cond.guided(ClassBank(1, 8, conditional=False))  # the family guides, but this model has no classes
+
+
 # --- with the in-domain extractor ------------------------------------------------------------------
 
 
@@ -277,3 +286,37 @@ def test_genbench_eval_labels_are_one_class_or_classes_in_turn(standin_registere
     assert guidance_kwargs(OmegaConf.create({"guidance": 2}), model) == {"guidance": 2.0}
     with pytest.raises(GenbenchError, match="takes no guidance"):
         guidance_kwargs(OmegaConf.create({"guidance": 2}), ClassBank(1, 8, conditional=False))
+
+
+def test_conditional_benchmark_reports_accuracy_intra_fid_guidance_and_class_grids(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """One tiny conditional benchmark of a guided family (its sampling-speed table and likelihood
+    left out: they are the unconditional benchmark's tests)."""
+    from conftest import run_tiny_benchmark
+
+    cache = tmp_path_factory.mktemp("cond_bench_cache")
+    out = run_tiny_benchmark(
+        tmp_path_factory.mktemp("cond_bench") / "report",
+        cache,
+        "conditional=true",
+        "families=[ddpm]",
+        f'train_overrides=["paths.cache_dir={cache}","callbacks.sampling=null",'
+        '"++callbacks.evaluation.metrics.likelihood.when=never"]',
+    )
+    family = "ddpm"
+    record = json.loads((out / "runs" / family / "0" / "eval" / "final.json").read_text())
+    config = (out / "runs" / family / "0" / "config_resolved.yaml").read_text()
+    assert "conditional: true" in config and "num_classes: 4" in config
+    assert record["intra_fid_samples_per_class"] == 50 and [p["guidance"] for p in record["guidance"]] == [0.0, 2.0]
+    rows = {r["family"]: r for r in json.loads((out / "leaderboard.json").read_text())}
+    assert rows[family]["intra_fid"] == pytest.approx(record["intra_fid"])
+    floor = rows["real vs real (floor)"]
+    assert floor["intra_fid"] is not None and floor["cond_accuracy"] is not None
+    html = (out / "report.html").read_text()
+    assert "class-conditional" in html and "<h2>Conditional</h2>" in html and "Conditional quality" in html
+    assert (out / "guidance_curves.png").is_file() and "a row per class" in html
+    from PIL import Image
+
+    grid = Image.open(out / "runs" / family / "0" / "samples" / "final.png")  # 16 samples: 4 classes x 4
+    assert grid.size == (4 * 34 + 2, 4 * 34 + 2)
