@@ -225,7 +225,7 @@ def test_callback_scores_a_conditional_model_with_balanced_classes_and_sweeps_gu
         output_dir=str(run_dir),
     )  # fmt: skip
     cb._evaluator = conditional_run.callback._evaluator
-    stub_trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, global_step=0)
+    stub_trainer = SimpleNamespace(world_size=1, global_rank=0, is_global_zero=True, global_step=0, loggers=[])
     result = cb.evaluate(stub_trainer, shuffled)
     assert record["cond_accuracy"] > 0.5 and result["cond_accuracy"] < record["cond_accuracy"] - 0.3
     assert result["intra_fid"] > record["intra_fid"]
