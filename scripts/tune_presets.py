@@ -1,0 +1,302 @@
+"""Tune every family's benchmark preset the same way: one Optuna search per family, then its best
+configuration becomes the family's preset.
+
+    python scripts/tune_presets.py --families gan,vae --trials 20        # the real searches (docs/tuning.md)
+    python scripts/tune_presets.py --families gan --tiny                  # the plumbing in a minute
+    python scripts/tune_presets.py --families vae --dry-run               # print the commands only
+
+Each family is searched in turn (never two at once: they would share the cores) by one
+``genbench-train -m`` multirun: the benchmark's own training job of that family under ``--budget``
+(``genbench.benchmark.training_command``: the budget's protocol experiment, the family's settings for
+it, its image count), plus ``hparams_search=tune_<family>``: the shared setup
+(``conf/hparams_search/_tune.yaml``: TPE sampler and seed, trial count, FID of the protocol's samples
+against the VALIDATION split, one evaluation at the end of the budget) and the family's search space.
+Every family therefore gets the same number of trials, the same sampler seed and its own benchmark
+budget; the test split the benchmark reports on is never looked at (a search whose objective reads
+the test split is refused).
+
+The study is stored (``<log dir>/optuna/tune_<family>_<budget>.db``): a killed search re-run with the
+same command runs only its missing trials. Afterwards this script writes, per family:
+
+* ``docs/results/tuning/<family>.json``: the protocol (budget, objective, split, sampler), the search
+  space, every trial (params, state, objective value) and the best one;
+* ``conf/family_settings/<family>/tuned.yaml``: the best trial's values of the searched keys (a searched
+  config group, e.g. ``model/decoder``, as its whole node) and a ``preset`` block saying how they were
+  chosen. Every family's cpu preset (``family_settings/<family>/cpu.yaml``) applies it, so the cpu
+  benchmarks use it, and the report's protocol reads the ``preset`` block from each run's config.
+
+A search itself runs without the family's current tuned preset (``~family_settings/<family>``), so an
+earlier search never leaks into a new one. ``--tiny``: budget=tiny (synthetic shapes, tiny networks),
+2 trials, and results under ``<log dir>/tuning/tiny/`` instead of docs/ and conf/ (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from genbench import CONFIG_DIR, PROJECT_ROOT, GenbenchError
+from genbench.config import register_resolvers
+
+#: the real search's defaults: the image-count budget (the same models at any machine load) and
+#: where its results go in the repository
+BUDGET = "cpu_images"
+RESULTS_DIR = PROJECT_ROOT / "docs" / "results" / "tuning"
+PRESETS_DIR = CONFIG_DIR / "family_settings"
+TINY_TRIALS = 2
+#: the searched metric's split must be one held out of training and not reported by the benchmark
+FORBIDDEN_SPLITS = ("test", "train")
+
+
+def compose_config(name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """conf/<name>.yaml composed with ``overrides`` (and its hydra node when ``hydra``)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+
+
+def search_command(
+    bench: DictConfig, family: str, sweep_dir: Path, trials: int | None, log_dir: Path, extra: list[str] = ()
+) -> list[str]:
+    """The ``genbench-train -m`` multirun that searches ``family``'s preset: the benchmark's training
+    job of the family under ``bench.budget``, the family's search (``hparams_search=tune_<family>``;
+    ``trials`` replaces its trial count), its study named after the budget, and without the family's
+    current tuned preset; ``extra``: more overrides of every trial (e.g. ``paths.cache_dir=...``)."""
+    from genbench.benchmark import training_command
+
+    cmd = training_command(bench, family, sweep_dir)
+    cmd += [
+        f"hparams_search=tune_{family}",
+        f"hydra.sweeper.study_name={study_name(family, bench.budget.name)}",
+        f"paths.log_dir={log_dir}",
+        f"tags=[tuning,budget-{bench.budget.name}]",
+        *([f"hydra.sweeper.n_trials={trials}"] if trials is not None else []),
+        *extra,
+    ]
+    base = compose_config("train", train_overrides(cmd), hydra=True)
+    if f"family_settings/{family}" in base.hydra.runtime.choices:  # the cpu presets include tuned.yaml
+        cmd.append(f"~family_settings/{family}")
+    return cmd
+
+
+def train_overrides(cmd: list[str]) -> list[str]:
+    """The Hydra overrides of a ``python -m genbench.train -m ...`` command."""
+    assert cmd[1:4] == ["-m", "genbench.train", "-m"], cmd[:4]
+    return cmd[4:]
+
+
+def study_name(family: str, budget: str) -> str:
+    return f"tune_{family}_{budget}"
+
+
+def config_path(param: str) -> str:
+    """The config node a searched parameter sets: ``model.r1_gamma`` itself, ``model/decoder`` (a
+    config group) its node ``model.decoder``."""
+    return param.lstrip("+~").replace("/", ".")
+
+
+def best_settings(cmd: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """The searched keys' values in the config of the trial with ``params``, as nested YAML data;
+    a searched config group gives its whole node, its references (``${..channels}``) kept."""
+    trial = compose_config("train", [*train_overrides(cmd), *(f"{k}={v}" for k, v in params.items())])
+    settings: dict[str, Any] = {}
+    for param in params:
+        path = config_path(param)
+        value = OmegaConf.select(trial, path, throw_on_missing=False)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=False)
+        node = settings
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return settings
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def run_search(family: str, cmd: list[str], sweep_dir: Path, root: Path) -> None:
+    """Run the multirun, its output in ``<sweep dir>/launcher.log``; one line naming it on failure."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log_path = sweep_dir / "launcher.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run(cmd, cwd=root, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise GenbenchError(f"The {family} search failed (exit {proc.returncode}): {tail[0]} Its log: {log_path}")
+
+
+def tune_family(
+    family: str,
+    bench: DictConfig,
+    trials: int | None,
+    log_dir: Path,
+    results_dir: Path,
+    presets_dir: Path,
+    dry_run: bool = False,
+    extra: list[str] = (),
+) -> dict[str, Any] | None:
+    """Search ``family``'s preset, then write its record and its tuned preset; returns the record."""
+    import optuna
+
+    budget = str(bench.budget.name)
+    sweep_dir = log_dir / "tuning" / budget / family / time.strftime("%Y-%m-%d_%H-%M-%S")
+    cmd = search_command(bench, family, sweep_dir, trials, log_dir, list(extra))
+    cfg = compose_config("train", train_overrides(cmd), hydra=True)
+    metrics = cfg.callbacks.evaluation.metrics
+    if cfg.optimized_metric != "eval/fid" or metrics.split in FORBIDDEN_SPLITS:
+        raise GenbenchError(
+            f"The {family} search optimises {cfg.optimized_metric} on the {metrics.split} split: a preset must be "
+            "chosen by eval/fid on a held-out split the benchmark does not report (metrics.split=val)."
+        )
+    print(
+        f"{family}: {cfg.hydra.sweeper.n_trials} trials, budget {budget}; log {sweep_dir / 'launcher.log'}", flush=True
+    )
+    if dry_run:
+        print("  " + " ".join(cmd[2:]))
+        return None
+    started = time.perf_counter()
+    run_search(family, cmd, sweep_dir, Path(bench.paths.root_dir))
+    storage = str(cfg.hydra.sweeper.storage)
+    study = optuna.load_study(study_name=str(cfg.hydra.sweeper.study_name), storage=storage)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        value = _finite(t.value) if t.state == optuna.trial.TrialState.COMPLETE else None
+        rows.append({"number": t.number, "state": t.state.name, "params": t.params, "value": value, "seconds": seconds})
+    done = [r for r in rows if r["value"] is not None]
+    if not done:
+        raise GenbenchError(f"No trial of the {family} search finished with a finite FID; see {sweep_dir}.")
+    best = min(done, key=lambda r: r["value"])
+    settings = best_settings(cmd, best["params"])
+    sampler = OmegaConf.to_container(cfg.hydra.sweeper.sampler, resolve=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    record_path = results_dir / f"{family}.json"
+    preset_path = presets_dir / family / "tuned.yaml"
+    record = {
+        "family": family,
+        "method": f"Optuna {str(sampler['_target_']).rsplit('.', 1)[-1]}",
+        "sampler": sampler,
+        "n_trials": int(cfg.hydra.sweeper.n_trials),
+        "budget": {
+            "name": budget,
+            "max_images": cfg.callbacks.budget.get("max_images"),
+            "description": " ".join(str(bench.budget.get("description", "")).split()),
+        },
+        "objective": {
+            "metric": str(cfg.optimized_metric),
+            "direction": str(cfg.hydra.sweeper.direction),
+            "split": str(metrics.split),
+            "num_samples": int(cfg.callbacks.evaluation.num_samples),
+            "extractor": str(metrics.extractor),
+            "data": str(cfg.hydra.runtime.choices.data),
+        },
+        "seed": int(cfg.seed),
+        "search_space": OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True),
+        "study": {"name": study.study_name, "storage": storage},
+        "command": "genbench-train " + " ".join(train_overrides(cmd)),
+        "trials": rows,
+        "best": {**best, "settings": settings},
+        "preset_file": _relative(preset_path),
+        "search_seconds": round(time.perf_counter() - started, 1),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    record_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_preset(preset_path, record, _relative(record_path))
+    print(f"{family}: best {best['value']:.4g} (trial {best['number']}); wrote {record_path} and {preset_path}")
+    return record
+
+
+def write_preset(path: Path, record: dict[str, Any], record_name: str) -> None:
+    """``tuned.yaml``: the best settings and the ``preset`` block the report reads."""
+    objective = record["objective"]
+    preset = {
+        "method": f"{record['method']} search (seed {record['sampler'].get('seed')})",
+        "trials": record["n_trials"],
+        "complete": sum(r["value"] is not None for r in record["trials"]),
+        "budget": record["budget"]["name"],
+        "budget_images": record["budget"]["max_images"],
+        "objective": objective["metric"],
+        "samples": objective["num_samples"],
+        "split": objective["split"],
+        "best_value": record["best"]["value"],
+        "record": record_name,
+    }
+    header = (
+        "# @package _global_\n"
+        f"# {record['family']}'s tuned preset: the best of {record['n_trials']} trials of an {record['method']}\n"
+        f"# search under budget {record['budget']['name']}, by {objective['metric']} of {objective['num_samples']} "
+        f"samples against the {objective['split']} split\n"
+        f"# (the record: {record_name}). Written by scripts/tune_presets.py on {record['written']}; the\n"
+        f"# family's cpu preset applies it. Delete this file to go back to the hand-set preset.\n"
+    )
+    body = yaml.safe_dump({"preset": preset, **record["best"]["settings"]}, sort_keys=False, default_flow_style=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=None, help="comma-separated (default: every registered family)")
+    p.add_argument("--trials", type=int, default=None, help=f"per family (default 20; {TINY_TRIALS} with --tiny)")
+    p.add_argument(
+        "--budget", default=None, help=f"the benchmark budget tuned for (default {BUDGET}; tiny with --tiny)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the training seed of every trial")
+    p.add_argument("--tiny", action="store_true", help="synthetic data, tiny networks, 2 trials: the plumbing only")
+    p.add_argument("--log-dir", type=Path, default=None, help="runs and studies (default: paths.log_dir, outputs/)")
+    p.add_argument("--results-dir", type=Path, default=None, help=f"<family>.json (default {_relative(RESULTS_DIR)})")
+    p.add_argument(
+        "--presets-dir", type=Path, default=None, help=f"<family>/tuned.yaml (default {_relative(PRESETS_DIR)})"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print each family's command; run nothing")
+    p.add_argument("overrides", nargs="*", help="after --: genbench-train overrides of every trial")
+    args = p.parse_args(argv)
+
+    budget = args.budget or ("tiny" if args.tiny else BUDGET)
+    bench = compose_config("benchmark", [f"budget={budget}", f"seeds=[{args.seed}]"])
+    from genbench.registry import get_family
+
+    families = args.families.split(",") if args.families else list(bench.families)
+    for family in families:
+        get_family(family)  # an unknown name: one line listing the known ones
+        if not (CONFIG_DIR / "hparams_search" / f"tune_{family}.yaml").is_file():
+            raise GenbenchError(
+                f"No search space for {family}: write conf/hparams_search/tune_{family}.yaml (see tune_gan.yaml)."
+            )
+    log_dir = (args.log_dir or Path(bench.paths.log_dir)).resolve()
+    tiny_dir = log_dir / "tuning" / "tiny"
+    results_dir = args.results_dir or (tiny_dir / "results" if args.tiny else RESULTS_DIR)
+    presets_dir = args.presets_dir or (tiny_dir / "presets" if args.tiny else PRESETS_DIR)
+    trials = args.trials or (TINY_TRIALS if args.tiny else None)  # None: the search config's n_trials
+    if trials is not None and trials < 1:
+        raise GenbenchError(f"--trials {trials}: a search needs at least 1 trial.")
+    for family in families:
+        tune_family(
+            family, bench, trials, log_dir, results_dir.resolve(), presets_dir.resolve(), args.dry_run, args.overrides
+        )
+
+
+if __name__ == "__main__":
+    from genbench.errors import user_errors
+
+    with user_errors():
+        main()
