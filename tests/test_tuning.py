@@ -189,6 +189,7 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
         assert final["fid"] == pytest.approx(value, rel=1e-6)
         run_cfg = yaml.safe_load((sweep / str(number) / "config_resolved.yaml").read_text())
         assert "preset" not in run_cfg  # the search ran without any tuned preset
+        assert run_cfg["seed"] == record["seed"] and record["fixed_by_command"] == []
         assert (
             run_cfg["model"]["discriminator"]["spectral_norm"]
             == trials[number]["params"]["model.discriminator.spectral_norm"]
