@@ -171,12 +171,11 @@ def tune_family(
             f"The {family} search optimises {cfg.optimized_metric} on the {metrics.split} split: a preset must be "
             "chosen by eval/fid on a held-out split the benchmark does not report (metrics.split=val)."
         )
-    print(
-        f"{family}: {cfg.hydra.sweeper.n_trials} trials, budget {budget}; log {sweep_dir / 'launcher.log'}", flush=True
-    )
+    print(f"{family}: {cfg.hydra.sweeper.n_trials} trials, budget {budget}", flush=True)
     if dry_run:
         print("  " + " ".join(cmd[2:]))
         return None
+    print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
     started = time.perf_counter()
     run_search(family, cmd, sweep_dir, Path(bench.paths.root_dir))
     storage = str(cfg.hydra.sweeper.storage)
@@ -200,7 +199,9 @@ def tune_family(
         "family": family,
         "method": f"Optuna {str(sampler['_target_']).rsplit('.', 1)[-1]}",
         "sampler": sampler,
-        "n_trials": int(cfg.hydra.sweeper.n_trials),
+        # the study's trials (more than asked for when an earlier run of the search asked for more)
+        "n_trials": len(rows),
+        "n_trials_requested": int(cfg.hydra.sweeper.n_trials),
         "budget": {
             "name": budget,
             "max_images": cfg.callbacks.budget.get("max_images"),
@@ -287,13 +288,15 @@ def main(argv: list[str] | None = None) -> None:
         get_family(family)  # an unknown name: one line listing the known ones
         if not (CONFIG_DIR / "hparams_search" / f"tune_{family}.yaml").is_file():
             raise GenbenchError(
-                f"No search space for {family}: write conf/hparams_search/tune_{family}.yaml (see tune_gan.yaml)."
+                f"No search space for {family}: write conf/hparams_search/tune_{family}.yaml: 'defaults: [_tune, _self_]' and its hydra.sweeper.params."
             )
     log_dir = (args.log_dir or Path(bench.paths.log_dir)).resolve()
     tiny_dir = log_dir / "tuning" / "tiny"
     results_dir = args.results_dir or (tiny_dir / "results" if args.tiny else RESULTS_DIR)
     presets_dir = args.presets_dir or (tiny_dir / "presets" if args.tiny else PRESETS_DIR)
-    trials = args.trials or (TINY_TRIALS if args.tiny else None)  # None: the search config's n_trials
+    trials = (
+        args.trials if args.trials is not None else (TINY_TRIALS if args.tiny else None)
+    )  # None: the search config's n_trials
     if trials is not None and trials < 1:
         raise GenbenchError(f"--trials {trials}: a search needs at least 1 trial.")
     for family in families:
@@ -303,7 +306,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
     from genbench.errors import user_errors
 
+    # the error line is printed once by user_errors; the trials' own output is in their launcher.log
+    logging.getLogger("genbench").addHandler(logging.NullHandler())
     with user_errors():
         main()
