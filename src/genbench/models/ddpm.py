@@ -332,4 +332,13 @@ SPEC = FamilySpec(
         Rule("model.loss_weighting", choice("uniform", "min_snr"), "min_snr"),
         Rule("model.min_snr_gamma", number(0, lo_open=True), "5.0"),
     ),
+    menu=(
+        ("model.prediction", "prediction"),
+        ("model.loss_weighting", "loss weighting"),
+        ("model.schedule.kind", "schedule"),
+        ("model.ema_decay", "EMA"),
+        ("model.net.base_channels", "UNet width"),
+        ("model.optimizer.lr", "lr"),
+        ("model.conditional", "conditional"),
+    ),
 )

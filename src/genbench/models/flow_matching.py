@@ -197,6 +197,14 @@ SPEC = FamilySpec(
         Rule("*sampler.rtol", number(0, lo_open=True), "1.0e-3"),
         Rule("*sampler.atol", number(0, lo_open=True), "1.0e-3"),
     ),
+    menu=(
+        ("model.time_sampling", "time sampling"),
+        ("model.logit_std", "logit std"),
+        ("model.ema_decay", "EMA"),
+        ("model.net.base_channels", "UNet width"),
+        ("model.optimizer.lr", "lr"),
+        ("model.conditional", "conditional"),
+    ),
 )
 
 __all__ = ["SPEC", "EulerSolver", "FlowMatching"]
