@@ -37,6 +37,7 @@ from genbench.io import atomic_write_json, check_writable, read_json
 from genbench.latents import save_grid, write_latent_grids
 from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8, scalar_results
 from genbench.metrics import conditional as cond
+from genbench.metrics.evaluator import sample_share
 from genbench.metrics.fidelity import check_sample_counts
 from genbench.metrics.record import CLI, EvalRecord
 from genbench.rundir import CHECKPOINTS, RunLayout
@@ -189,8 +190,7 @@ def guidance_sweep(
 
     def evaluate_at(w: float) -> dict[str, Any]:
         log.info("Guidance sweep: %d samples at w=%g...", n, w)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        images = sample_uint8(model, n, generator, labels=labels, **{**kwargs, "guidance": w})
+        images, _ = sample_share(model, n, cfg.seed, labels=labels, **{**kwargs, "guidance": w})
         return evaluator.evaluate(images, labels=labels, num_classes=model.num_classes)
 
     return {cond.GUIDANCE: cond.guidance_sweep(mcfg.conditional.guidance_scales, evaluate_at), "guidance_samples": n}
@@ -229,9 +229,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path, Media | 
     labels = evaluation_labels(model, mcfg.num_samples, cfg.get("labels"))
     log.info("Drawing %d samples from %s (%s)...", mcfg.num_samples, ckpt_path, model.family)
     start = time.perf_counter()
-    generated = sample_uint8(
-        model, mcfg.num_samples, torch.Generator().manual_seed(cfg.seed), progress=True, labels=labels, **kwargs
-    )
+    # the evaluation images of the training callback's protocol: the same at a seed under any number of ranks
+    generated, _ = sample_share(model, mcfg.num_samples, cfg.seed, labels=labels, progress=True, **kwargs)
     sampling_seconds = time.perf_counter() - start
     out = output_path(cfg)
     pairs, base = pairs_location(out, f"{ckpt_path.stem}-n{mcfg.num_samples}")

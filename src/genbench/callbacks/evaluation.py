@@ -13,9 +13,13 @@ was already at the final step. Linked to a :class:`~genbench.callbacks.TrainingB
 (``genbench.callbacks.link_callbacks`` does it), it also evaluates at the budget's fractions and
 records the images seen and training seconds of each measurement.
 
-Under DDP each rank draws its share of the samples with its own fixed generator, the shares are
-gathered, rank 0 computes (torch-fidelity has no DDP support) and broadcasts the result, so every
-rank logs the same values. Nothing of the training state changes: RNG streams (torch CPU/CUDA,
+Under DDP each rank draws its share of the samples (:func:`genbench.metrics.evaluator.sample_share`:
+the same images, seeded per chunk of global indices, whatever the number of ranks, exactly
+``num_samples`` of them) and extracts their features; the images and feature rows are gathered in
+rank order, rank 0 computes the metrics from them (precision/recall, KID, IS and the rest need every
+row, not sums: see :mod:`genbench.metrics.evaluator`) and broadcasts the result, so every rank logs
+the same values, equal to a one-process evaluation's. The likelihood bound is split the same way:
+each rank bounds a share of the test images and the per-image bounds are gathered. Nothing of the training state changes: RNG streams (torch CPU/CUDA,
 numpy, random) and every submodule's train/eval flag are restored afterwards.
 """
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,11 +36,13 @@ import pytorch_lightning as pl
 import torch
 
 from genbench.callbacks.budget import TrainingBudget
+from genbench.distributed import first_error, gather_rows
 from genbench.errors import GenbenchError
 from genbench.io import atomic_write_bytes, atomic_write_json
 from genbench.loggers import TABLE_SAMPLES, log_evaluation_media, wandb_loggers
-from genbench.metrics import Evaluator, MetricsConfig, sample_uint8, scalar_results
+from genbench.metrics import Evaluator, MetricsConfig, scalar_results
 from genbench.metrics import conditional as cond
+from genbench.metrics.evaluator import sample_share
 from genbench.metrics.record import CALLBACK, EvalRecord
 from genbench.reproducibility import preserved_training_state
 from genbench.rundir import RunLayout
@@ -144,7 +149,8 @@ class EvaluationCallback(pl.Callback):
     # --- what ----------------------------------------------------------------------------------
     def evaluator(self, trainer: pl.Trainer) -> Evaluator:
         """The run's evaluator (built on first use: the in-domain extractor may be trained then).
-        Rank 0 only: other callbacks that score images with this protocol use it too."""
+        Every rank builds it (each extracts its share's features); other callbacks that score
+        images with this protocol use it too."""
         if self._evaluator is None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "real_images"):
@@ -276,33 +282,44 @@ class EvaluationCallback(pl.Callback):
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, guidance: float | None = None
     ) -> dict[str, Any]:
-        """Sample (split across ranks), gather, compute on rank 0, broadcast. Collective: every
-        rank must call it. A conditional model is asked for balanced classes on every rank, and the
-        gathered images keep them; ``guidance``: sample with ``guidance=w`` (the sweep's
+        """Each rank samples and extracts the features of its share, the features (and images) are
+        gathered, rank 0 computes and broadcasts. Collective: every rank must call it. A
+        conditional model is asked for balanced classes over all the images, each rank drawing its
+        part; ``guidance``: sample with ``guidance=w`` (the sweep's
         ``metrics.conditional.guidance_samples`` images, no memorisation picture)."""
         world, rank = trainer.world_size, trainer.global_rank
         n = self.num_samples if guidance is None else (self.cfg.conditional.guidance_samples or self.num_samples)
-        n_local = math.ceil(n / world)
         kwargs = dict(self.sample_kwargs)
         num_classes = getattr(pl_module, "num_classes", None)
-        labels = None
-        if num_classes is not None:
-            kwargs["labels"] = cond.balanced_labels(n_local, num_classes)
-            labels = kwargs["labels"].repeat(world)[:n]  # the gathered order: rank 0's share, then rank 1's...
+        labels = None if num_classes is None else cond.balanced_labels(n, num_classes)
         if guidance is not None:
             kwargs["guidance"] = guidance
+        result: dict[str, Any] | None = None
         with preserved_training_state(pl_module):
-            generator = torch.Generator(device="cpu").manual_seed(self.seed + 7919 * rank)
-            images = sample_uint8(pl_module, n_local, generator, **kwargs)
-            if world > 1:
-                gathered = trainer.strategy.all_gather(images.to(pl_module.device))
-                images = gathered.reshape(-1, *images.shape[1:])[:n].cpu()
-            result: dict[str, Any] | None = None
+            images = features = None
+            error = None
+            try:  # a failure on one rank must not leave the others waiting in the gather
+                evaluator = self.evaluator(trainer)
+                images, _ = sample_share(pl_module, n, self.seed, rank, world, labels=labels, **kwargs)
+                features = evaluator.extract(images, labelled=labels is not None)
+            except GenbenchError as e:
+                error = str(e)
+            error = first_error(error) if world > 1 else error
+            if error is not None:
+                raise GenbenchError(f"Evaluation callback: {error}")
+            assert images is not None and features is not None
+            if world > 1:  # in rank order: the n images and rows one process would have
+                images = gather_rows(images)
+                features = {name: gather_rows(rows) for name, rows in sorted(features.items())}
             if trainer.is_global_zero:
                 pairs = self.run_dir(trainer) / "eval" / "closest_pairs" / f"step-{trainer.global_step:07d}.png"
                 try:
-                    result = self.evaluator(trainer).evaluate(
-                        images, pairs_path=pairs if guidance is None else None, labels=labels, num_classes=num_classes
+                    result = evaluator.evaluate(
+                        images,
+                        pairs_path=pairs if guidance is None else None,
+                        labels=labels,
+                        num_classes=num_classes,
+                        features=features,
                     )
                 except GenbenchError as e:
                     result = {"error": str(e)}
@@ -327,18 +344,25 @@ class EvaluationCallback(pl.Callback):
         return {cond.GUIDANCE: sweep, "guidance_samples": self.cfg.conditional.guidance_samples or self.num_samples}
 
     def likelihood(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """Test-set bits/dim (``metrics.likelihood``) computed on rank 0 and broadcast. Collective."""
+        """Test-set bits/dim (``metrics.likelihood``): each rank bounds a share of the test images,
+        the per-image bounds are gathered, so every rank has the numbers one process would have.
+        Collective."""
+        world = trainer.world_size
         out: dict[str, Any] | None = None
+        error = None
         with preserved_training_state(pl_module), torch.no_grad():
-            if trainer.is_global_zero:
+            try:
+                evaluator = self.evaluator(trainer)
+            except GenbenchError as e:
+                error = str(e)
+            error = first_error(error) if world > 1 else error
+            if error is None:
                 generator = torch.Generator(device="cpu").manual_seed(self.seed)
-                try:
-                    out = self.evaluator(trainer).likelihood(pl_module, generator)
+                try:  # the checks before any collective are the same on every rank: all fail or none
+                    out = evaluator.likelihood(pl_module, generator, distributed=world > 1)
                 except GenbenchError as e:
-                    out = {"error": str(e)}
-            if trainer.world_size > 1:
-                out = trainer.strategy.broadcast(out, src=0)
+                    error = str(e)
+        if error is not None:
+            raise GenbenchError(f"Evaluation callback (likelihood): {error}")
         assert out is not None
-        if "error" in out:
-            raise GenbenchError(f"Evaluation callback (likelihood): {out['error']}")
         return out

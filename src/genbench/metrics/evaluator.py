@@ -2,11 +2,29 @@
 
 The one object every evaluation path uses (the training callback, ``genbench-eval``, the
 benchmark's real-vs-real floor), so their numbers come from the same code.
+
+Evaluation images are drawn by :func:`sample_share` in chunks whose noise depends only on the
+evaluation seed and the chunk's index, so one process or several DDP ranks (each drawing a
+contiguous share of the chunks) produce the same images in the same order. Under DDP each rank also
+extracts its share's features (:meth:`Evaluator.extract`); the rows are gathered in rank order
+(:func:`genbench.distributed.gather_rows`, torchmetrics' uneven all-gather) and rank 0 computes the
+metrics from them.
+
+Why gathered rows and not torchmetrics' sum-reduced metric states (``FrechetInceptionDistance``
+keeps the sum of features and of their outer products, reduced with ``dist_reduce_fx="sum"``):
+only FID can be computed from sums. KID draws random subsets of rows, precision/recall needs every
+row's k-th nearest neighbour, IS splits the rows in order, mode coverage and the class accuracy read
+each sample's logits, the intra-class FID and memorisation need each sample's features -- and KID,
+precision/recall, intra-class FID and memorisation read FID's own layer with both extractors. The rows are therefore gathered anyway, and sums would only
+add traffic; from the rows FID is torch-fidelity's own computation (a test checks that torchmetrics'
+FID of the same features agrees). The rows are small: n x d float32 (64-d in-domain features:
+2.6 MB for 10,000 samples; 2048-d InceptionV3 features: 82 MB).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +32,12 @@ from typing import Any
 
 import torch
 
+from genbench.distributed import share
 from genbench.errors import GenbenchError
 from genbench.metrics.catalogue import CATALOGUE
 from genbench.metrics.extractors import resolve_extractor
-from genbench.metrics.fidelity import compute_metrics
-from genbench.metrics.images import check_images
+from genbench.metrics.fidelity import FeatureExtraction, compute_metrics, generated_layers
+from genbench.metrics.images import check_images, sample_uint8
 from genbench.metrics.real_cache import real_cache_key
 from genbench.metrics.settings import MetricsConfig
 from genbench.metrics.spec import INCEPTION, ExtractorSpec
@@ -31,6 +50,51 @@ log = logging.getLogger("genbench.metrics")
 #: Lists and texts (``class_hist``, ``likelihood``, ``closest_pairs``, ``extractor``...) are
 #: recorded in the JSON results but are not scalars.
 SCALAR_RESULTS: tuple[str, ...] = tuple(m.name for m in CATALOGUE.values() if m.scalar)
+
+#: the evaluation images come in at least this many chunks (fewer only when there are fewer
+#: images), so up to this many DDP ranks each draw a share; a chunk is never larger than the
+#: model's ``sample_batch_size``
+SAMPLE_CHUNKS = 8
+
+
+def sample_chunks(n: int, batch_size: int) -> list[range]:
+    """The global image indices of each sampling chunk of an ``n``-image evaluation: a function of
+    ``n`` and the model's batch size alone, never of the number of ranks (that is what makes the
+    images the same whatever the world size)."""
+    size = max(1, min(batch_size, math.ceil(n / SAMPLE_CHUNKS)))
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def sample_share(
+    model: Any,
+    n: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    labels: torch.Tensor | None = None,
+    **sample_kwargs: Any,
+) -> tuple[torch.Tensor, range]:
+    """Rank ``rank``'s share of ``n`` evaluation images as uint8, and their global indices.
+
+    The images come in :func:`sample_chunks`; chunk c is drawn with a CPU generator seeded
+    ``seed + 7919 c``, and the ranks take contiguous runs of chunks (:func:`genbench.distributed.share`:
+    earlier ranks one chunk more where they do not divide evenly). So every image depends on the
+    seed and its index only: gathered in rank order, the shares are exactly the ``n`` images one
+    process draws, no padding and no duplicate. ``labels``: the classes of all ``n`` images (a
+    conditional model), each chunk given its part."""
+    if labels is not None and len(labels) != n:
+        raise GenbenchError(f"An evaluation of {n} images needs one label per image, got {len(labels)}.")
+    chunks = sample_chunks(n, int(getattr(model, "sample_batch_size", None) or 256))
+    mine = [chunks[c] for c in share(len(chunks), world, rank)]
+    out = []
+    for c, part in zip(share(len(chunks), world, rank), mine, strict=True):
+        generator = torch.Generator().manual_seed(seed + 7919 * c)
+        given = {} if labels is None else {"labels": labels[part.start : part.stop]}
+        out.append(sample_uint8(model, len(part), generator, batch_size=len(part), **given, **sample_kwargs))
+    span = range(mine[0].start, mine[-1].stop) if mine else range(0)
+    if out:
+        return torch.cat(out), span
+    return torch.zeros((0, *tuple(model.image_shape)), dtype=torch.uint8), span
 
 
 class Evaluator:
@@ -149,17 +213,30 @@ class Evaluator:
             self._train_key = real_cache_key(self.train, self.spec, self.dataset, "train")
         return self._train_key
 
+    def extract(self, images: torch.Tensor, labelled: bool = False) -> dict[str, torch.Tensor]:
+        """The features :meth:`evaluate` reads of generated ``images`` (uint8; ``labelled``: a
+        conditional model's samples, which add the classifier's layer), one row per image -- what
+        each DDP rank computes of its share. No images: empty N=0 rows of the right width."""
+        layers = generated_layers(self.spec, self.cfg, memorise=self.train is not None, labels=labelled)
+        extract = FeatureExtraction(self.spec, layers, self.cfg)
+        if len(images) == 0:  # a rank without a share still takes part in the gather
+            return {name: rows[:0] for name, rows in extract(torch.zeros_like(self.real[:1])).items()}
+        return extract(check_images(images, "generated"))
+
     def evaluate(
         self,
         generated: torch.Tensor,
         pairs_path: str | Path | None = None,
         labels: torch.Tensor | None = None,
         num_classes: int | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Every metric of ``generated``; ``pairs_path``: where the memorisation check's PNG of the
         closest generated/training pairs goes (None: no picture). ``labels``: the classes a
         conditional model's samples were asked for (out of ``num_classes``, default the data's),
-        which adds the class accuracy and the intra-class FID (:mod:`genbench.metrics.conditional`)."""
+        which adds the class accuracy and the intra-class FID (:mod:`genbench.metrics.conditional`).
+        ``features``: ``generated``'s features as :meth:`extract` gives them (e.g. gathered from
+        the DDP ranks); None: extracted here."""
         start = time.perf_counter()
         cached = self.cfg.cache and self.cache_dir is not None
         key = self.real_key if cached else None
@@ -177,6 +254,7 @@ class Evaluator:
             labels=labels,
             real_labels=self.real_labels,
             num_classes=num_classes or self.num_classes,
+            features=features,
         )
         return {
             **metrics,
@@ -188,10 +266,14 @@ class Evaluator:
             "eval_seconds": round(time.perf_counter() - start, 3),
         }
 
-    def likelihood(self, model: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def likelihood(
+        self, model: Any, generator: torch.Generator | None = None, distributed: bool = False
+    ) -> dict[str, Any]:
         """Test-set bits/dim of ``model`` (:func:`genbench.metrics.likelihood.evaluate_likelihood`
         on the test split; an implicit model's answer says it has none). Empty when switched off
-        (``metrics.likelihood.enabled=false``) or when there is no test split."""
+        (``metrics.likelihood.enabled=false``) or when there is no test split. ``distributed``:
+        every rank of the process group calls this, computes a share of the test images' bounds
+        and gets the same answer."""
         settings = self.cfg.likelihood
         lcfg = settings.config()
         if not getattr(lcfg, "enabled", True):
@@ -202,6 +284,6 @@ class Evaluator:
         from genbench.metrics.likelihood import evaluate_likelihood
 
         start = time.perf_counter()
-        out = dict(evaluate_likelihood(model, self.test_images, lcfg, generator, self.test_labels))
+        out = dict(evaluate_likelihood(model, self.test_images, lcfg, generator, self.test_labels, distributed))
         out["likelihood_seconds"] = round(time.perf_counter() - start, 2)
         return out

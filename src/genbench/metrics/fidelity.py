@@ -344,6 +344,21 @@ class RealSide:
         )
 
 
+def generated_layers(
+    spec: ExtractorSpec, cfg: MetricsConfig, memorise: bool = False, labels: bool = False
+) -> list[str]:
+    """The extractor layers :func:`compute_metrics` reads of the generated images: each enabled
+    metric's layer, FID's for memorisation (``memorise``: training images given and the check on),
+    and the classifier's for mode coverage and, with ``labels`` (a conditional model's samples),
+    the class accuracy -- both only where the extractor has a classifier of the dataset's labels."""
+    layer = feature_layer(spec, "fid")
+    isc_layer, kid_layer, prc_layer = (feature_layer(spec, m) for m in ("isc", "kid", "prc"))
+    memorise = memorise and cfg.memorisation.enabled
+    wanted = [(isc_layer, cfg.isc), (layer, cfg.fid or memorise), (kid_layer, cfg.kid), (prc_layer, cfg.prc)]
+    classes = supports_coverage(spec) and (cfg.coverage.enabled or (labels and cfg.conditional.enabled))
+    return sorted({name for name, used in wanted if used} | ({CLASS_LAYER} if classes else set()))
+
+
 def compute_metrics(
     generated: torch.Tensor,
     real: torch.Tensor,
@@ -357,6 +372,7 @@ def compute_metrics(
     labels: torch.Tensor | None = None,
     real_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    features: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """FID / KID / IS / precision-recall of ``generated`` (input1) against ``real`` (input2), plus
     mode coverage (in-domain extractor only) and, with ``train`` images, memorisation (the PNG of
@@ -366,7 +382,11 @@ def compute_metrics(
     ``labels``: the classes the generated images were asked for (a conditional model), out of
     ``num_classes``; with them come the class accuracy (in-domain extractor only) and, given the
     real images' ``real_labels``, the intra-class FID (:mod:`genbench.metrics.conditional`), from the
-    same feature pass."""
+    same feature pass.
+
+    ``features``: the generated images' features, already extracted (layer -> one row per image, in
+    the images' order; the layers :func:`generated_layers` names), e.g. by several DDP ranks each
+    extracting its share; None: extracted here."""
     cfg = MetricsConfig.from_mapping(cfg)
     if not cfg.enabled():
         raise GenbenchError("No metric enabled: set at least one of metrics.fid/kid/isc/prc to true.")
@@ -400,8 +420,7 @@ def compute_metrics(
     memorise = cfg.memorisation.enabled and train is not None
     layer = feature_layer(spec, "fid")  # FID's layer also serves memorisation
     isc_layer, kid_layer, prc_layer = (feature_layer(spec, m) for m in ("isc", "kid", "prc"))
-    wanted = [(isc_layer, cfg.isc), (layer, cfg.fid or memorise), (kid_layer, cfg.kid), (prc_layer, cfg.prc)]
-    layers = [name for name, used in wanted if used] + ([CLASS_LAYER] if coverage or accuracy else [])
+    layers = generated_layers(spec, cfg, memorise=memorise, labels=labels is not None)
     extract = FeatureExtraction(spec, layers, cfg)
     cache = train_cache = None
     if cfg.cache and cache_dir is not None and real_key is not None:
@@ -410,7 +429,16 @@ def compute_metrics(
             train_cache = RealFeatureCache(Path(cache_dir) / "fidelity", train_key)
     real_side = RealSide(real, extract, cache, train, train_cache)
 
-    gen = extract(generated)
+    if features is None:
+        gen = extract(generated)
+    else:  # extracted elsewhere (each DDP rank its share, then gathered): the same rows, in order
+        missing = [name for name in layers if name not in features]
+        if missing or any(len(features[name]) != len(generated) for name in layers):
+            raise GenbenchError(
+                f"compute_metrics got features of layers {sorted(features)} for {len(generated)} images; it needs "
+                f"layers {layers} with one row per image (extract them with genbench.metrics.fidelity.generated_layers)."
+            )
+        gen = {name: features[name].cpu() for name in layers}
     # Everything about the real (and training) set, read or computed in one go under their locks
     # (real, then training: one order everywhere), so of concurrent jobs exactly one computes it.
     with real_side.locked():

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from genbench import GenbenchError
+from genbench.distributed import broadcast_object, gather_rows, rank_and_world, share
 from genbench.distributions import LikelihoodConfig, class_prior_nats, nats_to_bits_per_dim
 from genbench.registry import IMPLICIT, find_family
 
@@ -68,6 +69,7 @@ def evaluate_likelihood(
     cfg: LikelihoodConfig | None = None,
     generator: torch.Generator | None = None,
     labels: torch.Tensor | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Upper bounds on the test NLL of ``model`` in bits/dim of 8-bit images.
 
@@ -79,7 +81,14 @@ def evaluate_likelihood(
     short description); a model without a likelihood returns only ``likelihood`` ("none (...)").
 
     ``labels``: the images' classes, needed by a class-conditional model (``model.num_classes``), whose
-    bounds are of p(x|y_true) + log K (see the module docstring); ignored for an unconditional one."""
+    bounds are of p(x|y_true) + log K (see the module docstring); ignored for an unconditional one.
+
+    The images go through in batches of ``cfg.batch_size``; batch b draws its noise from a generator
+    seeded with ``generator``'s seed + 7919 b (only that seed counts, not the generator's state), so
+    no batch's numbers depend on the batches before it. ``distributed``: every rank of the process
+    group calls this and computes a contiguous share of the batches (earlier ranks one more where
+    they do not divide evenly); the per-image bounds are gathered in batch order, so the mean and its
+    standard error are those of one process, whatever the number of ranks."""
     cfg = cfg if cfg is not None else LikelihoodConfig()
     if not isinstance(cfg, LikelihoodConfig):
         cfg = LikelihoodConfig.from_mapping(cfg)
@@ -112,33 +121,39 @@ def evaluate_likelihood(
             f"0..{num_classes - 1}, got {got}: evaluate on labelled data (data.num_classes) or without likelihood "
             "(metrics.likelihood.enabled=false)."
         )
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    seed = generator.initial_seed() if generator is not None else 0
+    noise_device = generator.device if generator is not None else torch.device("cpu")
     index = fixed_subset(len(images), cfg.num_images)
     subset = images[index]
     subset_labels = None if num_classes is None else torch.as_tensor(labels)[index].long()
     device = getattr(model, "device", torch.device("cpu"))
+    rank, world = rank_and_world() if distributed else (0, 1)
+    batches = range(0, len(subset), cfg.batch_size)
     was_training = getattr(model, "training", False)
     per_bound: dict[str, list[torch.Tensor]] = {}
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(subset), cfg.batch_size):
+            for b in share(len(batches), world, rank):
+                start = batches[b]
                 x = subset[start : start + cfg.batch_size].to(device).float().div(127.5).sub(1.0)
                 given = {}
                 if subset_labels is not None:
                     given["labels"] = subset_labels[start : start + cfg.batch_size].to(device)
-                for name, nats in bounds_of(x, cfg, generator, **given).items():
+                noise = torch.Generator(device=noise_device).manual_seed(seed + 7919 * b)
+                for name, nats in bounds_of(x, cfg, noise, **given).items():
                     nats = nats.detach().double().cpu() + class_prior_nats(num_classes)
                     per_bound.setdefault(name, []).append(nats)
     finally:
         model.train(was_training)
-    if not per_bound:  # e.g. a decoder trained with a likelihood that is no distribution over 8-bit levels
+    names = broadcast_object(list(per_bound))  # rank 0 always has the first batch
+    if not names:  # e.g. a decoder trained with a likelihood that is no distribution over 8-bit levels
         return {"likelihood": description}
     dims = int(images[0].numel())
     result: dict[str, Any] = {}
-    for i, (name, chunks) in enumerate(per_bound.items()):
-        mean, se = mean_and_se(nats_to_bits_per_dim(torch.cat(chunks), dims))
+    for i, name in enumerate(names):
+        mine = torch.cat(per_bound[name]) if name in per_bound else torch.zeros(0, dtype=torch.float64)
+        mean, se = mean_and_se(nats_to_bits_per_dim(gather_rows(mine), dims))
         if i == 0:
             result["bpd"], result["bpd_se"] = mean, se
         result[f"bpd_{name}"] = mean
