@@ -117,7 +117,7 @@ def test_every_family_keeps_replicas_identical_under_ddp(cli, tmp_path: Path) ->
         "trainer=ddp_cpu",
         "model.sample_batch_size=16",
         "callbacks=[default,eval]",
-        "callbacks.evaluation.num_samples=101",  # odd: the ranks draw 51 + 50, exactly 101
+        "callbacks.evaluation.num_samples=101",  # odd: 8 chunks of <= 13, the ranks draw 52 + 49, exactly 101
         "callbacks.evaluation.every_n_epochs=null",
         "callbacks.evaluation.metrics.extractor=in-domain",
         "callbacks.evaluation.metrics.kid_subset_size=50",
