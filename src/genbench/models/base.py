@@ -157,19 +157,32 @@ class GenerativeModel(pl.LightningModule):
         """Whether the model can be asked for a class (``model.conditional=true``)."""
         return self.num_classes is not None
 
-    def enable_conditioning(self, conditional: bool, num_classes: int | None) -> int | None:
+    def enable_conditioning(
+        self, conditional: bool, num_classes: int | None, networks: dict[str, torch.nn.Module] | None = None
+    ) -> int | None:
         """Make the model class-conditional with ``num_classes`` classes when ``conditional`` (a
         family's constructor calls it before building its class embeddings); returns the class
-        count, or None for an unconditional model."""
+        count, or None for an unconditional model. ``networks`` (config key -> network) must have been
+        built for the same class count (their ``num_classes`` attribute): a network built for other
+        classes than its model is one clear line here, not a shape error in the first step."""
         if not conditional:
             self.num_classes = None
-            return None
-        if num_classes is None or int(num_classes) < 2:
+        elif num_classes is None or int(num_classes) < 2:
             raise GenbenchError(
                 f"model.conditional=true needs at least 2 classes, got num_classes={num_classes}: use labelled data "
                 "(data.num_classes, e.g. fashion_mnist's 10) or set model.conditional=false."
             )
-        self.num_classes = int(num_classes)
+        else:
+            self.num_classes = int(num_classes)
+        for name, net in (networks or {}).items():
+            net_classes = getattr(net, "num_classes", None)
+            if net_classes != self.num_classes:
+                kind = f"conditional with {self.num_classes} classes" if self.conditional else "unconditional"
+                raise GenbenchError(
+                    f"The {self.family} is {kind} but model.{name} has num_classes={net_classes}: leave "
+                    f"model.{name}.num_classes at its default in conf/model/{self.family}.yaml, which follows "
+                    "model.conditional and model.num_classes."
+                )
         return self.num_classes
 
     def class_labels(self, n: int, labels: Any = None) -> torch.Tensor | None:

@@ -70,14 +70,7 @@ class EMARegressionModel(GenerativeModel):
         label_dropout: float = 0.1,
     ) -> None:
         super().__init__(channels, image_size, sample_batch_size, channels_last, compile)
-        self.enable_conditioning(conditional, num_classes)
-        net_classes = getattr(net, "num_classes", None)
-        if net_classes != self.num_classes:
-            kind = f"conditional with {self.num_classes} classes" if self.conditional else "unconditional"
-            raise GenbenchError(
-                f"The {self.family} is {kind} but its network has num_classes={net_classes}: leave "
-                "model.net.num_classes at its default, ${genbench_classes:${..conditional},${..num_classes}}."
-            )
+        self.enable_conditioning(conditional, num_classes, {"net": net})
         #: the probability of training on the null class instead of the label (0 when unconditional)
         self.label_dropout = check_label_dropout(label_dropout) if self.conditional else 0.0
         self.net = net

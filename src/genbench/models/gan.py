@@ -123,15 +123,7 @@ class GAN(GenerativeModel):
         # a plain string (a list from the config would be saved as an OmegaConf object in the
         # checkpoint's hyperparameters, which weights_only loading refuses)
         diffaugment = ",".join(parse_policy(diffaugment))
-        self.enable_conditioning(conditional, num_classes)
-        for name, net in (("generator", generator), ("discriminator", discriminator)):
-            net_classes = getattr(net, "num_classes", None)
-            if net_classes != self.num_classes:
-                kind = f"conditional with {self.num_classes} classes" if self.conditional else "unconditional"
-                raise GenbenchError(
-                    f"The GAN is {kind} but its {name} has num_classes={net_classes}: leave model.{name}.num_classes "
-                    "at its default, ${genbench_classes:${..conditional},${..num_classes}}."
-                )
+        self.enable_conditioning(conditional, num_classes, {"generator": generator, "discriminator": discriminator})
         self.save_hyperparameters(
             ignore=["generator", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d"]
         )

@@ -130,14 +130,7 @@ class VAE(GenerativeModel):
                 f"model.kl_warmup_steps={kl_warmup_steps}, model.kl_warmup_start={kl_warmup_start} and "
                 f"model.free_bits={free_bits} must be >= 0 (0 switches warm-up / free bits off)."
             )
-        self.enable_conditioning(conditional, num_classes)
-        for name, net in (("encoder", encoder), ("decoder", decoder)):
-            if getattr(net, "num_classes", None) != self.num_classes:
-                raise GenbenchError(
-                    f"model.{name} is built for num_classes={getattr(net, 'num_classes', None)} but the VAE for "
-                    f"{self.num_classes}: give it conditional: ${{..conditional}} and num_classes: ${{..num_classes}} "
-                    "as conf/model/vae.yaml does."
-                )
+        self.enable_conditioning(conditional, num_classes, {"encoder": encoder, "decoder": decoder})
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "scheduler"])
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.likelihood, self.beta = latent_dim, likelihood, beta
