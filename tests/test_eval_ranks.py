@@ -5,6 +5,7 @@ share; the result must be that of one process evaluating the same checkpoint, on
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,3 +170,81 @@ def test_two_rank_evaluation_equals_one_process_evaluation_of_the_checkpoint(
     for key in COMPARED:
         assert key in ddp and key in one, key
         assert ddp[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
+
+
+# --- the collectives on two gloo processes, without Lightning ------------------------------------
+class NoisyBound:
+    """A model whose per-image bounds are a formula of the image plus Monte-Carlo noise from the
+    generator it is given: the split must keep each batch's noise and the images' order."""
+
+    image_shape = (1, 4, 4)
+    num_classes = None
+    device = torch.device("cpu")
+    training = False
+
+    def eval(self) -> NoisyBound:
+        return self
+
+    def train(self, mode: bool = True) -> NoisyBound:
+        return self
+
+    def likelihood_description(self, cfg: object) -> str:
+        return "squares plus noise"
+
+    def likelihood_bounds(self, x: torch.Tensor, cfg: object, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        noise = torch.rand(len(x), generator=generator, dtype=torch.float64)
+        return {"main": x.double().flatten(1).pow(2).sum(1) + noise, "noise": noise}
+
+
+#: (test images used, batch size): two batches per rank; one batch, so rank 1 has none
+LIKELIHOOD_SPLITS = [(10, 3), (3, 4)]
+
+
+def likelihood_images() -> torch.Tensor:
+    return torch.randint(0, 256, (12, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+
+
+def _two_ranks(rank: int, init_file: str, out: str) -> None:
+    from genbench.distributed import gather_rows
+    from genbench.metrics.likelihood import evaluate_likelihood
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        rows = torch.arange(6, dtype=torch.uint8).reshape(3, 2)[: 3 * (1 - rank)]  # rank 1: no rows
+        got = {"rows": gather_rows(rows)}
+        for n, batch in LIKELIHOOD_SPLITS:
+            cfg = {"num_images": n, "batch_size": batch}
+            generator = torch.Generator().manual_seed(11)
+            got[n] = evaluate_likelihood(NoisyBound(), likelihood_images(), cfg, generator, distributed=True)
+        torch.save(got, f"{out}/{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_likelihood_and_gather_on_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
+    from genbench.metrics.likelihood import evaluate_likelihood
+
+    torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2)]
+    for got in ranks:  # every rank has everything, nothing duplicated
+        assert torch.equal(got["rows"], torch.arange(6, dtype=torch.uint8).reshape(3, 2))
+        for n, batch in LIKELIHOOD_SPLITS:
+            cfg = {"num_images": n, "batch_size": batch}
+            one = evaluate_likelihood(NoisyBound(), likelihood_images(), cfg, torch.Generator().manual_seed(11))
+            assert got[n]["likelihood_images"] == one["likelihood_images"] == n
+            for key in ("bpd", "bpd_se", "bpd_main", "bpd_noise"):
+                assert got[n][key] == pytest.approx(one[key], rel=1e-12), (n, key)
+    # batch b's noise is seeded by b alone: the noise bound is the mean of those draws, by hand
+    n, batch = LIKELIHOOD_SPLITS[0]
+    draws = [torch.rand(len(range(s, min(s + batch, n))), generator=torch.Generator().manual_seed(11 + 7919 * b),
+                        dtype=torch.float64) for b, s in enumerate(range(0, n, batch))]  # fmt: skip
+    dims = 16
+    assert ranks[0][n]["bpd_noise"] == pytest.approx(float(torch.cat(draws).mean()) / (dims * math.log(2)), rel=1e-12)
+
+
+def test_an_empty_share_has_feature_rows_of_the_right_width(extractor: SimpleNamespace) -> None:
+    evaluator = Evaluator(extractor.dm.real_images("test"), extractor.spec, METRICS)
+    empty = evaluator.extract(torch.zeros((0, 1, 32, 32), dtype=torch.uint8))
+    some = evaluator.extract(extractor.dm.real_images("test")[:5])
+    assert sorted(empty) == sorted(some) and all(len(rows) == 0 for rows in empty.values())
+    assert all(empty[k].shape[1:] == some[k].shape[1:] and len(some[k]) == 5 for k in some)
