@@ -108,7 +108,7 @@ def extractor(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     cache = tmp_path_factory.mktemp("cond_cache")
     dm = SyntheticDataModule(num_train=512, num_test=256, batch_size=32)
     path = ensure_in_domain_extractor(
-        dm, cache, epochs=3, batch_size=64, feature_dim=16, width=8, lr=5e-3, min_steps=0, progress=False
+        dm, cache, epochs=8, batch_size=64, feature_dim=16, width=8, lr=5e-3, min_steps=0, progress=False
     )
     dm.setup()
     return SimpleNamespace(path=path, cache=cache, dm=dm)
