@@ -324,6 +324,9 @@ def log_to_run_wandb(ckpt_path: Path, result: dict[str, Any], media: Media | Non
     run_dir, id_file = layout.root, layout.wandb_run_id
     if not id_file.is_file() or not id_file.read_text().strip():
         return None
+    from genbench.extras import require_extra
+
+    require_extra("wandb", f"logging to the W&B run of {run_dir}")
     import wandb
 
     from genbench import rundir
