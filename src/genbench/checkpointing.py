@@ -177,7 +177,9 @@ def save_last_checkpoint(trainer: pl.Trainer, pending: bool = False) -> Path:
     use_atomic_checkpoint_io(trainer)
     ckpt_dir = checkpoint_dir(trainer)
     last = ckpt_dir / (f".{LAST}.pending" if pending else LAST)
-    trainer.save_checkpoint(last)
+    # the full state (optimisers, loops); said explicitly, or Lightning logs "weights_only was not set,
+    # defaulting to False" on every save, which reads like an unsafe load
+    trainer.save_checkpoint(last, weights_only=False)
     if not pending:
         track_last(trainer, last)
     return last
