@@ -25,6 +25,21 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _wandb_settings_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B reads its settings (mode, server, credentials) once per process and keeps them in a
+    singleton: a test that changed the environment (no credentials, another HOME) would leave them
+    to every later test in this process, which then tries to log in instead of writing offline. So
+    after a test that set W&B up, its environment is restored first and the singleton dropped."""
+    yield
+    setup = sys.modules.get("wandb.sdk.wandb_setup")
+    if setup is not None and getattr(setup, "_singleton", None) is not None:
+        monkeypatch.undo()
+        import wandb
+
+        wandb.teardown()
+
+
 # Fast, quiet defaults for every in-process training run of the tests.
 FAST = [
     "data=synthetic",

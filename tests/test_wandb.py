@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import tiny
 from genbench import GenbenchError, api
+from genbench.metrics.evaluator import sample_share
 from wandb_records import artifacts, history, run_file
 
 SEED = 1234  # the evaluation callback's sampling seed
@@ -95,7 +96,7 @@ def test_evaluation_logs_a_samples_table_and_class_histograms(run: SimpleNamespa
     assert content["columns"] == ["image", "predicted_class", "confidence", "nn_train_distance"]
     rows = content["data"]
     model = api.load(run.dir / "checkpoints" / "last.ckpt")
-    expected = api.sample(model, 64, seed=SEED)[:32]
+    expected = sample_share(model, 64, SEED)[0][:32]  # the evaluation's images: seeded chunks (evaluator)
     shown = torch.stack([torch.from_numpy(np.asarray(Image.open(files[row[0]["path"]]))) for row in rows])
     assert torch.equal(shown.reshape(expected.shape), expected)
     predicted = torch.tensor([row[1] for row in rows])
