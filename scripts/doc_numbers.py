@@ -21,6 +21,9 @@ Renderers (the word after ``doc-numbers:``):
 - ``leaderboard source=<leaderboard.json>``: the benchmark's main table (quality, likelihood, classes,
   memorisation, size and speed per family, and the real-vs-real floor), the best value of a column
   in bold where one family alone has it;
+- ``conditional source=<leaderboard.json>``: a class-conditional benchmark's table (class accuracy,
+  intra-class FID, FID, precision, recall, bits/dim), with its floor;
+- ``guidance source=<eval/final.json> ...``: guided runs' guidance sweeps, a row per family and scale;
 - ``precision source=<fp32 leaderboard.json> source=<bf16 leaderboard.json>``: two runs of one budget
   side by side (training speed, images seen, FID, recall, bits/dim), e.g. fp32 against bf16-mixed;
 - ``samplers source=<sampling_<family>.json> ...``: each family's samplers on the same checkpoint
@@ -165,6 +168,56 @@ def render_leaderboard(sources: list[str]) -> list[str]:
     return lines
 
 
+#: the conditional table's columns (a conditional benchmark's leaderboard.json)
+CONDITIONAL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str], str | None], ...] = (
+    ("class accuracy ↑", "cond_accuracy", percent, "max"),
+    ("intra-class FID ↓", "intra_fid", lambda v: number(v, 1), "min"),
+    ("FID ↓", "fid", lambda v: number(v, 1), "min"),
+    ("precision ↑", "precision", percent, "max"),
+    ("recall ↑", "recall", percent, "max"),
+    ("bits/dim ↓", "bpd", lambda v: number(v, 2), "min"),
+)
+
+
+def render_conditional(sources: list[str]) -> list[str]:
+    (source,) = sources
+    board = load_json(source)
+    rows = [r for r in board if r.get("kind") == "family"]
+    floors = [r for r in board if r.get("kind") == "floor"]
+    lines = [
+        "| family | " + " | ".join(c[0] for c in CONDITIONAL_COLUMNS) + " |",
+        "|---" * (len(CONDITIONAL_COLUMNS) + 1) + "|",
+    ]
+    bold = {key: unique_best(rows, key, better) for _, key, _, better in CONDITIONAL_COLUMNS}
+    for i, row in enumerate(rows):
+        cells = [
+            f"**{fmt(row.get(key))}**" if bold[key] == i else fmt(row.get(key))
+            for _, key, fmt, _ in CONDITIONAL_COLUMNS
+        ]
+        lines.append(f"| {family_label(row)} | " + " | ".join(cells) + " |")
+    for floor in floors:
+        cells = [fmt(floor[key]) if floor.get(key) is not None else "" for _, key, fmt, _ in CONDITIONAL_COLUMNS]
+        lines.append(f"| real vs real (floor, n = {number(floor['num_samples'], 0)}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_guidance(sources: list[str]) -> list[str]:
+    """Each source is a guided run's final evaluation record (eval/final.json): one row per scale."""
+    lines = [
+        "| family | guidance w | class accuracy ↑ | intra-class FID ↓ | FID ↓ | precision ↑ | recall ↑ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source in sources:
+        record = load_json(source)
+        for point in record.get("guidance") or []:
+            lines.append(
+                f"| {family_label(record)} | {point['guidance']:g} | {percent(point.get('cond_accuracy'))} | "
+                f"{number(point.get('intra_fid'), 1)} | {number(point.get('fid'), 1)} | "
+                f"{percent(point.get('precision'))} | {percent(point.get('recall'))} |"
+            )
+    return lines
+
+
 def render_precision(sources: list[str]) -> list[str]:
     base_path, other_path = sources
     base = {r["family"]: r for r in load_json(base_path) if r.get("kind") == "family"}
@@ -238,6 +291,8 @@ def render_results_index(sources: list[str]) -> list[str]:
 
 RENDERERS: dict[str, Callable[[list[str]], list[str]]] = {
     "leaderboard": render_leaderboard,
+    "conditional": render_conditional,
+    "guidance": render_guidance,
     "precision": render_precision,
     "samplers": render_samplers,
     "results-index": render_results_index,
