@@ -109,13 +109,13 @@ def load_json(path: str) -> Any:
 
 
 #: the leaderboard table's columns: (heading, row key, format, better: "min" / "max" / None = no bold)
-LEADERBOARD_COLUMNS: tuple[tuple[str, str, Callable[[Any], str], str | None], ...] = (
+LEADERBOARD_COLUMNS: tuple[tuple[str, str, Callable[[Any], str] | None, str | None], ...] = (
     ("FID ↓", "fid", lambda v: number(v, 1), "min"),
     ("KID ↓", "kid_mean", small, "min"),
     ("IS ↑", "is_mean", lambda v: number(v, 2), "max"),
     ("precision ↑", "precision", percent, "max"),
     ("recall ↑", "recall", percent, "max"),
-    ("bits/dim ↓", "bpd", None, "min"),  # formatted with its standard error (bits_per_dim)
+    ("bits/dim ↓", "bpd", None, "min"),  # no formatter: with its standard error (bits_per_dim)
     ("classes covered ↑", "classes_covered", lambda v: number(v, 0), "max"),
     ("class KL ↓", "class_kl", lambda v: number(v, 3), "min"),
     ("memorised", "memorised_frac", percent, None),
@@ -145,27 +145,32 @@ def unique_best(rows: list[dict[str, Any]], key: str, better: str | None) -> int
     return winners[0] if len(winners) == 1 else None
 
 
-def render_leaderboard(sources: list[str]) -> list[str]:
-    (source,) = sources
+def family_table(
+    source: str, columns: tuple[tuple[str, str, Callable[[Any], str] | None, str | None], ...]
+) -> list[str]:
+    """A leaderboard.json as a table: a row per family (the one best value of a ranked column in
+    bold), then the real-vs-real floor rows. A column without a formatter is bits/dim with its
+    standard error (families only)."""
     board = load_json(source)
     rows = [r for r in board if r.get("kind") == "family"]
     floors = [r for r in board if r.get("kind") == "floor"]
-    lines = [
-        "| family | " + " | ".join(c[0] for c in LEADERBOARD_COLUMNS) + " |",
-        "|---" * (len(LEADERBOARD_COLUMNS) + 1) + "|",
-    ]
-    bold = {key: unique_best(rows, key, better) for _, key, _, better in LEADERBOARD_COLUMNS}
+    lines = ["| family | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    bold = {key: unique_best(rows, key, better) for _, key, _, better in columns}
     for i, row in enumerate(rows):
         cells = []
-        for _, key, fmt, _ in LEADERBOARD_COLUMNS:
-            text = bits_per_dim(row) if key == "bpd" else fmt(row.get(key))
+        for _, key, fmt, _ in columns:
+            text = bits_per_dim(row) if fmt is None else fmt(row.get(key))
             cells.append(f"**{text}**" if bold[key] == i else text)
         lines.append(f"| {family_label(row)} | " + " | ".join(cells) + " |")
     for floor in floors:
-        cells = ["" if key not in floor else fmt(floor[key]) for _, key, fmt, _ in LEADERBOARD_COLUMNS if fmt]
-        cells.insert(5, "")  # bits/dim
+        cells = ["" if fmt is None or key not in floor else fmt(floor[key]) for _, key, fmt, _ in columns]
         lines.append(f"| real vs real (floor, n = {number(floor['num_samples'], 0)}) | " + " | ".join(cells) + " |")
     return lines
+
+
+def render_leaderboard(sources: list[str]) -> list[str]:
+    (source,) = sources
+    return family_table(source, LEADERBOARD_COLUMNS)
 
 
 #: the conditional table's columns (a conditional benchmark's leaderboard.json)
@@ -181,24 +186,7 @@ CONDITIONAL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str], str | None], ..
 
 def render_conditional(sources: list[str]) -> list[str]:
     (source,) = sources
-    board = load_json(source)
-    rows = [r for r in board if r.get("kind") == "family"]
-    floors = [r for r in board if r.get("kind") == "floor"]
-    lines = [
-        "| family | " + " | ".join(c[0] for c in CONDITIONAL_COLUMNS) + " |",
-        "|---" * (len(CONDITIONAL_COLUMNS) + 1) + "|",
-    ]
-    bold = {key: unique_best(rows, key, better) for _, key, _, better in CONDITIONAL_COLUMNS}
-    for i, row in enumerate(rows):
-        cells = [
-            f"**{fmt(row.get(key))}**" if bold[key] == i else fmt(row.get(key))
-            for _, key, fmt, _ in CONDITIONAL_COLUMNS
-        ]
-        lines.append(f"| {family_label(row)} | " + " | ".join(cells) + " |")
-    for floor in floors:
-        cells = [fmt(floor[key]) if floor.get(key) is not None else "" for _, key, fmt, _ in CONDITIONAL_COLUMNS]
-        lines.append(f"| real vs real (floor, n = {number(floor['num_samples'], 0)}) | " + " | ".join(cells) + " |")
-    return lines
+    return family_table(source, CONDITIONAL_COLUMNS)
 
 
 def render_guidance(sources: list[str]) -> list[str]:
