@@ -30,7 +30,25 @@ Renderers (the word after ``doc-numbers:``):
   (a run's sampling.json), grouped by network evaluations per sample: the family's own sampler in
   bold, the report's recommended one (the fastest within the sampling noise of the best) marked;
 - ``results-index``: one row per folder in docs/results that has an environment.json (a GPU run of
-  ``scripts/gpu_check.sh --showdown``): date, device, torch, CUDA and its files.
+  ``scripts/gpu_check.sh --showdown``): date, device, torch, CUDA and its files;
+- ``verdict source=<leaderboard.json>``: the benchmark report's verdict for that leaderboard, one
+  bullet per sentence, written by the report's own ``genbench.report.verdict.verdict`` (the
+  sentences a leaderboard decides: those that need the runs' evaluation histories are left out);
+- ``perf-precision source=<precision.json>``: ``scripts/perf_precision.py``'s fp32 vs bf16-mixed
+  table, written by that script's own ``markdown()``;
+- ``value source=<file.json> key=<path> [format=<template>] [scale=<factor>]``: one number inside a
+  sentence, the inline form (no line break after the opening marker)::
+
+      the VAE trained <!-- doc-numbers: value source=docs/results/r/leaderboard.json
+      key=[family=vae].train_images_per_second format={:,.0f} -->2,136<!-- /doc-numbers --> images/s
+
+  ``key`` is a dotted path into the JSON: a name picks a field, a number an item of a list, and
+  ``[field=value,...]`` the one item of a list whose fields have those values (a leaderboard row
+  by family or kind, a perf row by family and threads). ``format`` is a ``str.format`` template (default ``{}``) and ``scale`` multiplies first
+  (``scale=100`` for a percentage). Every inline number of the docs is this one renderer.
+
+A block whose opening marker ends its line is a table or list (its body whole lines); one that
+continues on the same line is inline (its body is the text up to the closing marker).
 """
 
 from __future__ import annotations
@@ -45,10 +63,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-#: the files that may hold generated blocks
-DOCS = ("README.md", "docs/performance.md")
+#: the files that may hold generated blocks: the README and every page under docs/
+DOCS = ("README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")))
+#: a generated block, table (a line break after the opening marker) or inline (none)
 BLOCK = re.compile(
-    r"(?P<open><!-- doc-numbers: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /doc-numbers -->)", re.S
+    r"(?P<open><!-- doc-numbers: (?P<spec>[^>]*?) -->(?P<newline>\n?))(?P<body>.*?)(?P<close><!-- /doc-numbers -->)",
+    re.S,
 )
 #: how a sampler's short name (its label in sampling.json, "<kind>-<NFE>") reads in a table
 SAMPLER_NAMES = {
@@ -277,24 +297,108 @@ def render_results_index(sources: list[str]) -> list[str]:
     return lines
 
 
-RENDERERS: dict[str, Callable[[list[str]], list[str]]] = {
+def render_verdict(sources: list[str]) -> list[str]:
+    """The report's verdict of a committed leaderboard.json, by the report's own function."""
+    from genbench.report.verdict import verdict
+
+    (source,) = sources
+    return [f"- {sentence}" for sentence in verdict(load_json(source), None)]
+
+
+def _script(name: str) -> Any:
+    """A module of scripts/ (not a package), loaded by its path: its own formatting is reused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_doc_numbers_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_perf_precision(sources: list[str]) -> list[str]:
+    """scripts/perf_precision.py's own markdown of its precision.json (machine line and table)."""
+    (source,) = sources
+    return _script("perf_precision").markdown(load_json(source)).rstrip("\n").splitlines()
+
+
+def lookup(data: Any, path: str) -> Any:
+    """The value at a dotted ``path`` (see the module docstring: names, list indices, ``[field=value]``)."""
+    value = data
+    for part in path.split("."):
+        if part.startswith("[") and part.endswith("]") and "=" in part:
+            wanted = [c.partition("=")[::2] for c in part[1:-1].split(",")]
+            if not isinstance(value, list):
+                raise DocNumbersError(f"key {path}: {part} selects from a list, found {type(value).__name__}")
+            found = [
+                item
+                for item in value
+                if isinstance(item, dict) and all(str(item.get(field)) == want for field, want in wanted)
+            ]
+            if len(found) != 1:
+                raise DocNumbersError(f"key {path}: {len(found)} items match {part}, expected exactly one")
+            value = found[0]
+        elif isinstance(value, list) and part.lstrip("-").isdigit():
+            if not -len(value) <= int(part) < len(value):
+                raise DocNumbersError(f"key {path}: index {part} is outside a list of {len(value)}")
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            raise DocNumbersError(f"key {path}: no '{part}' there; fix the marker's key=")
+    return value
+
+
+def render_value(sources: list[str], key: str | None = None, format: str = "{}", scale: str | None = None) -> list[str]:
+    """One number (or string) of a JSON file, formatted: the inline renderer."""
+    (source,) = sources
+    if key is None:
+        raise DocNumbersError(f"value source={source} needs key=<path>")
+    value = lookup(load_json(source), key)
+    if scale is not None:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise DocNumbersError(f"key {key}: scale= needs a number, found {value!r}")
+        value = value * float(scale)
+    text = format.format(value)
+    if isinstance(value, int | float) and value < 0:
+        text = text.replace("-", "−")  # a real minus sign, as in the tables
+    return [text]
+
+
+RENDERERS: dict[str, Callable[..., list[str]]] = {
     "leaderboard": render_leaderboard,
     "conditional": render_conditional,
     "guidance": render_guidance,
     "precision": render_precision,
     "samplers": render_samplers,
     "results-index": render_results_index,
+    "verdict": render_verdict,
+    "perf-precision": render_perf_precision,
+    "value": render_value,
 }
+#: renderers that take ``name=value`` options besides their sources
+OPTIONS = {"value": ("key", "format", "scale")}
 
 
 # ------------------------------------------------------------------------------------------------
-def render_block(spec: str) -> str:
-    """The body a marker's spec asks for: ``<renderer> source=<path> ...``."""
+def render_block(spec: str, inline: bool = False) -> str:
+    """The body a marker's spec asks for: ``<renderer> source=<path> ... [option=value ...]``;
+    whole lines for a block, the bare text (one line) for an inline marker."""
     name, *args = spec.split()
     if name not in RENDERERS:
         raise DocNumbersError(f"unknown doc-numbers renderer '{name}': use one of {', '.join(RENDERERS)}")
     sources = [a.removeprefix("source=") for a in args if a.startswith("source=")]
-    return "\n".join(RENDERERS[name](sources)) + "\n"
+    options = dict(a.split("=", 1) for a in args if not a.startswith("source=") and "=" in a)
+    unknown = sorted(set(options) - set(OPTIONS.get(name, ()))) + [a for a in args if "=" not in a]
+    if unknown:
+        allowed = ", ".join(f"{o}=" for o in OPTIONS.get(name, ())) or "none"
+        raise DocNumbersError(f"doc-numbers {name}: unknown option(s) {', '.join(unknown)} (options: {allowed})")
+    lines = RENDERERS[name](sources, **options)
+    if inline:
+        if len(lines) != 1:
+            raise DocNumbersError(f"doc-numbers {name} renders {len(lines)} lines: put a line break after its marker")
+        return lines[0]
+    return "\n".join(lines) + "\n"
 
 
 def process(text: str) -> tuple[str, list[str]]:
@@ -302,7 +406,7 @@ def process(text: str) -> tuple[str, list[str]]:
     changed: list[str] = []
 
     def sub(m: re.Match[str]) -> str:
-        body = render_block(m["spec"])
+        body = render_block(m["spec"], inline=not m["newline"])
         if body != m["body"]:
             changed.append(m["spec"])
         return m["open"] + body + m["close"]

@@ -423,22 +423,28 @@ def _conditional_sentence(rows: list[dict[str, Any]], runs: list[RunResult]) -> 
     return "Conditional quality (samples asked for each class in turn): " + "; ".join(parts) + "."
 
 
-def verdict(rows: list[dict[str, Any]], runs: list[RunResult]) -> list[str]:
+def verdict(rows: list[dict[str, Any]], runs: list[RunResult] | None) -> list[str]:
     """One sentence per axis (quality, diversity/coverage, likelihood, sampling cost, quality at
     equal sampling cost where families share an NFE, training cost to reach a given FID, stability), and a last one when a time budget ran on a loaded machine.
     ``rows`` from :func:`~genbench.report.leaderboard.build_leaderboard`; ``runs`` for the
-    evaluation histories (training cost)."""
+    evaluation histories (training cost, the FID curves, samplers, guidance sweeps).
+
+    ``runs=None`` gives the verdict of a leaderboard alone (a committed ``leaderboard.json``, which
+    scripts/doc_numbers.py renders into the docs): the sentences that need the runs' histories are
+    left out rather than stated as "no ranking", since the runs did have them."""
     if not _family_rows(rows):
         return ["No verdict: no family finished a run."]
+    with_runs = runs is not None
+    runs = runs or []
     sentences = [
         _metric_sentence(rows, "fid", "Quality"),
         _conditional_sentence(rows, runs),
         _diversity_sentence(rows),
         _metric_sentence(rows, "bpd", "Likelihood"),
         _sampling_sentence(rows),
-        _nfe_sentence(runs),
-        _training_cost_sentence(runs),
-        _curves_sentence(runs),
+        _nfe_sentence(runs) if with_runs else None,
+        _training_cost_sentence(runs) if with_runs else None,
+        _curves_sentence(runs) if with_runs else None,
         _stability_sentence(rows),
     ]
     sentences = [s for s in sentences if s]
