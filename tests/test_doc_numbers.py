@@ -1,4 +1,4 @@
-"""The numbers in README.md and docs/performance.md come from committed result files
+"""The numbers in README.md and docs/*.md come from committed result files
 (scripts/doc_numbers.py): a documented number that differs from its source fails here."""
 
 from __future__ import annotations
@@ -105,3 +105,149 @@ def test_a_missing_source_is_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert "docs/results/nowhere/leaderboard.json does not exist" in capsys.readouterr().err
     with pytest.raises(doc_numbers.DocNumbersError, match="unknown doc-numbers renderer"):
         doc_numbers.render_block("nonsense source=x")
+
+
+# ------------------------------------------------------------------------------------------------
+# the verdict renderer: the report's own verdict of a committed leaderboard
+# ------------------------------------------------------------------------------------------------
+COMMITTED_BOARDS = sorted((PROJECT_ROOT / "docs" / "results").glob("*/leaderboard.json"))
+
+
+@pytest.mark.parametrize("board", COMMITTED_BOARDS, ids=lambda p: p.parent.name)
+def test_verdict_block_is_the_reports_verdict_of_the_committed_leaderboard(board: Path) -> None:
+    """The block is the report code's sentences for the same rows, one bullet each; the sentences
+    that need run histories (which a leaderboard has not) are left out, not stated as missing."""
+    from genbench.report.verdict import verdict
+
+    rows = json.loads(board.read_text())
+    source = board.relative_to(PROJECT_ROOT).as_posix()
+    body = doc_numbers.render_block(f"verdict source={source}")
+    sentences = verdict(rows, None)
+    assert body == "".join(f"- {s}\n" for s in sentences)
+    # with runs (here: none with an evaluation history) the report adds the history sentences;
+    # everything else is the same text in the same order
+    with_runs = verdict(rows, [])
+    assert [s for s in with_runs if s in sentences] == sentences
+    extra = [s for s in with_runs if s not in sentences]
+    assert extra and all(s.startswith(("Training cost", "FID against training time")) for s in extra)
+    # independently of the report code: the quality sentence orders the families by their FID
+    families = sorted(
+        (r for r in rows if r.get("kind") == "family" and r.get("fid") is not None), key=lambda r: r["fid"]
+    )
+    quality = next(s for s in sentences if s.startswith("Quality"))
+    listing = quality[quality.index("(", quality.index("better")) :]
+    positions = [listing.index(f"{r['family']} {r['fid']:.1f}") for r in families]
+    assert positions == sorted(positions), quality
+    assert quality.split(":", 1)[1].strip().startswith(f"{families[0]['family']} leads"), quality
+
+
+def test_verdict_of_a_changed_leaderboard_changes(tmp_path: Path) -> None:
+    """Nothing in the verdict is typed: swap two families' FIDs and the leader changes."""
+    from genbench.report.verdict import verdict
+
+    rows = json.loads(COMMITTED_BOARDS[0].read_text())
+    fam = [r for r in rows if r.get("kind") == "family" and r.get("fid") is not None]
+    best = min(fam, key=lambda r: r["fid"])
+    worst = max(fam, key=lambda r: r["fid"])
+    best["fid"], worst["fid"] = worst["fid"], best["fid"]
+    quality = verdict(rows, None)[0]
+    assert quality.split(":", 1)[1].strip().startswith(f"{worst['family']} leads"), quality
+
+
+# ------------------------------------------------------------------------------------------------
+# the inline value renderer
+# ------------------------------------------------------------------------------------------------
+def test_lookup_follows_names_indices_and_selectors() -> None:
+    data = {
+        "rows": [
+            {"family": "gan", "threads": 1, "r": 2.0},
+            {"family": "gan", "threads": 2, "r": 1.0},
+            {"family": "vae", "threads": 1, "r": 1.5},
+        ],
+        "load": [6.4, 4.6],
+    }
+    assert doc_numbers.lookup(data, "rows.[family=gan,threads=2].r") == 1.0
+    assert doc_numbers.lookup(data, "rows.[family=vae].r") == 1.5
+    assert doc_numbers.lookup(data, "load.1") == 4.6
+    assert doc_numbers.lookup(data, "rows.2.family") == "vae"
+    with pytest.raises(doc_numbers.DocNumbersError, match="2 items match"):
+        doc_numbers.lookup(data, "rows.[family=gan].r")
+    with pytest.raises(doc_numbers.DocNumbersError, match="no 'speed'"):
+        doc_numbers.lookup(data, "rows.0.speed")
+    with pytest.raises(doc_numbers.DocNumbersError, match="outside a list of 2"):
+        doc_numbers.lookup(data, "load.5")
+
+
+def test_value_formats_scales_and_signs() -> None:
+    board = "docs/results/2026-12-05-cpu/leaderboard.json"
+    rows = json.loads((PROJECT_ROOT / board).read_text())
+    floor = next(r for r in rows if r["kind"] == "floor")
+    text = doc_numbers.render_block(f"value source={board} key=[kind=floor].recall scale=100 format={{:.1f}}", True)
+    assert text == f"{round(100 * floor['recall'], 1):.1f}"
+    vae = next(r for r in rows if r.get("family") == "vae")
+    text = doc_numbers.render_block(f"value source={board} key=[family=vae].images_seen format={{:,.0f}}", True)
+    assert int(text.replace(",", "")) == round(vae["images_seen"])
+    assert doc_numbers.render_block(f"value source={board} key=[kind=floor].kid_mean format={{:.3f}}", True) == (
+        f"{floor['kid_mean']:.3f}".replace("-", "−")
+    )
+    with pytest.raises(doc_numbers.DocNumbersError, match="unknown option"):
+        doc_numbers.render_block(f"value source={board} key=[kind=floor].fid digits=2", True)
+    with pytest.raises(doc_numbers.DocNumbersError, match="needs key="):
+        doc_numbers.render_block(f"value source={board}", True)
+
+
+def _inline_blocks() -> list[tuple[str, re.Match[str]]]:
+    found = []
+    for name in doc_numbers.DOCS:
+        for m in doc_numbers.BLOCK.finditer((PROJECT_ROOT / name).read_text()):
+            if not m["newline"]:
+                found.append((name, m))
+    return found
+
+
+def test_every_inline_number_read_back_matches_its_json_value() -> None:
+    """Each inline number of the docs, read as a user reads it, equals the JSON value (times its
+    scale) to within half a unit of its last printed digit; and there are inline numbers at all."""
+    blocks = _inline_blocks()
+    assert len(blocks) >= 10
+    for name, m in blocks:
+        args = dict(a.split("=", 1) for a in m["spec"].split()[1:])
+        data = json.loads((PROJECT_ROOT / args["source"]).read_text())
+        value = doc_numbers.lookup(data, args["key"]) * float(args.get("scale", 1))
+        text = m["body"].replace(",", "").replace("−", "-")
+        decimals = len(text.split(".")[1]) if "." in text else 0
+        assert abs(float(text) - value) <= 0.5 * 10**-decimals + 1e-9, (name, m["spec"], text, value)
+
+
+def test_an_inline_number_changed_by_hand_fails_and_is_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Inside a sentence: --check names it, rendering restores it and leaves the sentence around it
+    (no line break added, the text after the closing marker unchanged)."""
+    board = "docs/results/2026-12-05-cpu/leaderboard.json"
+    fid = json.loads((PROJECT_ROOT / board).read_text())[0]["fid"]
+    marker = f"<!-- doc-numbers: value source={board} key=0.fid format={{:.1f}} -->"
+    right = f"The first row scored FID {marker}{fid:.1f}<!-- /doc-numbers --> on 1,000 samples.\n"
+    doc = tmp_path / "doc.md"
+    doc.write_text(right.replace(f"{fid:.1f}<", "12.3<"))
+    assert doc_numbers.main(["--check", str(doc)]) == 1
+    assert "value source=" in capsys.readouterr().err
+    assert doc_numbers.main([str(doc)]) == 0
+    assert doc.read_text() == right
+    assert doc_numbers.main(["--check", str(doc)]) == 0
+
+
+def test_perf_precision_table_cells_are_the_json_rows() -> None:
+    source = "docs/results/2026-12-05-cpu-perf-precision/precision.json"
+    rows = json.loads((PROJECT_ROOT / source).read_text())["rows"]
+    lines = [
+        line
+        for line in doc_numbers.render_block(f"perf-precision source={source}").splitlines()
+        if line.startswith("| ") and not line.startswith("| family")
+    ]
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows, strict=True):
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        assert cells[0] == row["family"] and int(cells[1]) == row["threads"]
+        assert abs(float(cells[5]) - row["fp32_images"]) <= 0.05 + 1e-9
+        assert abs(float(cells[7].split()[0].strip("*")) - row["ratio_median"]) <= 0.005 + 1e-9
