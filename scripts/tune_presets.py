@@ -137,6 +137,66 @@ def _relative(path: Path) -> str:
         return str(path.resolve())
 
 
+def hand_set_params(cmd: list[str], cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """The family's hand-set preset as values of its searched parameters: each key's value in the
+    search's own config (which runs without the tuned preset), a config group by its chosen option.
+    Returns the values and the keys whose hand-set value the search space cannot express."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from optuna.distributions import CategoricalDistribution
+
+    space = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    distributions, _ = create_params_from_overrides([f"{k}={v}" for k, v in space.items()])
+    params: dict[str, Any] = {}
+    missing = []
+    for name, dist in distributions.items():
+        if "/" in name:  # a config group: its chosen option
+            value = cfg.hydra.runtime.choices.get(name.lstrip("+~"))
+        else:
+            value = OmegaConf.select(cfg, config_path(name), throw_on_missing=False)
+        if isinstance(dist, CategoricalDistribution):
+            if value is None and 0.0 in dist.choices:  # null and 0 both mean "off" (an EMA, a penalty)
+                value = 0.0
+            ok = value in dist.choices
+        else:
+            ok = isinstance(value, (int, float)) and dist.low <= value <= dist.high
+        if ok:
+            params[name] = value
+        else:
+            missing.append(f"{name}={value!r}")
+    return params, missing
+
+
+def enqueue_hand_set(family: str, cmd: list[str], cfg: DictConfig) -> None:
+    """Make the hand-set preset one of the search's trials (the study's next one, unless a trial with
+    those values is already in it), so that the chosen preset is never one the search ranked below
+    the hand-set one: every family is searched from its own starting point, alike."""
+    import optuna
+
+    params, missing = hand_set_params(cmd, cfg)
+    if missing:
+        print(f"  the hand-set preset is not in the {family} search space ({', '.join(missing)}): not enqueued")
+        return
+    from genbench.cluster.optuna_sweeper import init_rdb_storage, sqlite_path
+
+    storage = str(cfg.hydra.sweeper.storage)
+    db = sqlite_path(storage)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    init_rdb_storage(storage)  # a fresh database, set up as the sweeper sets it up
+    study = optuna.create_study(
+        study_name=str(cfg.hydra.sweeper.study_name),
+        storage=storage,
+        direction=str(cfg.hydra.sweeper.direction),
+        load_if_exists=True,
+    )
+    if any(
+        t.params == params or t.system_attrs.get("fixed_params") == params for t in study.get_trials(deepcopy=False)
+    ):
+        return
+    study.enqueue_trial(params)
+    print(f"  the hand-set preset is enqueued as a trial: {params}", flush=True)
+
+
 def run_search(family: str, cmd: list[str], sweep_dir: Path, root: Path) -> None:
     """Run the multirun, its output in ``<sweep dir>/launcher.log``; one line naming it on failure."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -176,15 +236,26 @@ def tune_family(
         print("  " + " ".join(cmd[2:]))
         return None
     print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
+    enqueue_hand_set(family, cmd, cfg)
     started = time.perf_counter()
     run_search(family, cmd, sweep_dir, Path(bench.paths.root_dir))
     storage = str(cfg.hydra.sweeper.storage)
     study = optuna.load_study(study_name=str(cfg.hydra.sweeper.study_name), storage=storage)
+    hand_set, _ = hand_set_params(cmd, cfg)
     rows = []
     for t in study.get_trials(deepcopy=False):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         value = _finite(t.value) if t.state == optuna.trial.TrialState.COMPLETE else None
-        rows.append({"number": t.number, "state": t.state.name, "params": t.params, "value": value, "seconds": seconds})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": t.params,
+                "value": value,
+                "seconds": seconds,
+                "hand_set": t.params == hand_set,
+            }
+        )
     done = [r for r in rows if r["value"] is not None]
     if not done:
         raise GenbenchError(f"No trial of the {family} search finished with a finite FID; see {sweep_dir}.")
@@ -199,8 +270,9 @@ def tune_family(
         "family": family,
         "method": f"Optuna {str(sampler['_target_']).rsplit('.', 1)[-1]}",
         "sampler": sampler,
-        # the study's trials (more than asked for when an earlier run of the search asked for more)
-        "n_trials": len(rows),
+        # the study's finished trials (more than asked for when an earlier run of the search asked for
+        # more; a trial left RUNNING by a killed search is listed but not counted: it was run again)
+        "n_trials": sum(r["state"] in ("COMPLETE", "FAIL", "PRUNED") for r in rows),
         "n_trials_requested": int(cfg.hydra.sweeper.n_trials),
         "budget": {
             "name": budget,
@@ -246,6 +318,8 @@ def write_preset(path: Path, record: dict[str, Any], record_name: str) -> None:
         "samples": objective["num_samples"],
         "split": objective["split"],
         "best_value": record["best"]["value"],
+        # the hand-set preset's own trial (None when the search space could not express it)
+        "hand_set_value": next((r["value"] for r in record["trials"] if r.get("hand_set")), None),
         "record": record_name,
     }
     header = (

@@ -17,6 +17,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import compose_train
 from genbench import CONFIG_DIR, PROJECT_ROOT, GenbenchError
 from genbench.registry import FamilySpec, families, get_family
 from genbench.report.build import protocol
@@ -177,6 +178,11 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     trials = record["trials"]
     assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0]["params"] != trials[1]["params"]
+    # the first trial is the hand-set preset (enqueued), so the search never picks what it ranked below it
+    assert [t["hand_set"] for t in trials] == [True, False]
+    hand = compose_train(["model=gan"], tmp_path).model
+    assert trials[0]["params"]["model.loss"] == hand.loss and trials[0]["params"]["model.r1_gamma"] == hand.r1_gamma
+    assert trials[0]["params"]["model.optimizer_d.lr"] == hand.optimizer_d.lr
     values = [t["value"] for t in trials]
     assert all(math.isfinite(v) for v in values)
     assert record["best"]["value"] == min(values) and record["best"]["number"] == values.index(min(values))
@@ -205,6 +211,7 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     assert model["diffaugment"] == str(best["model.diffaugment"]).strip("'")
     assert preset["preset"]["trials"] == 2 and preset["preset"]["split"] == "val"
     assert preset["preset"]["best_value"] == record["best"]["value"]
+    assert preset["preset"]["hand_set_value"] == values[0]
     text = preset_text(preset)
     assert "2 trials" in text and "budget tiny (320 training images)" in text
     assert "eval/fid of 200 samples against the val split" in text
@@ -241,6 +248,7 @@ def test_the_protocol_says_how_each_preset_was_chosen_and_its_menu(tmp_path: Pat
             "samples": 1000,
             "split": "val",
             "best_value": 41.23456,
+            "hand_set_value": 44.5,
             "record": "docs/results/tuning/gan.json",
         },
         "model": {
@@ -264,7 +272,7 @@ def test_the_protocol_says_how_each_preset_was_chosen_and_its_menu(tmp_path: Pat
     lines = dict(protocol(runs, [], {"environment": {}}, None))
     assert lines["Preset chosen"] == (
         "gan: Optuna TPESampler search (seed 1234), 20 trials (19 complete), budget cpu_images (43,776 training "
-        "images), objective eval/fid of 1,000 samples against the val split, best 41.2, record "
+        "images), objective eval/fid of 1,000 samples against the val split, best 41.2, hand-set preset 44.5, record "
         f"docs/results/tuning/gan.json; vae: {BY_HAND}; toy: {BY_HAND}"
     )
     assert lines["Menu options"] == (

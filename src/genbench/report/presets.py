@@ -24,7 +24,8 @@ def _number(value: float) -> str:
 
 def preset_text(config: dict[str, Any]) -> str:
     """How the preset of a run with resolved ``config`` was chosen: the search behind a tuned preset
-    (method, trials, budget, objective and split, best value, the record file), else "set by hand"."""
+    (method, trials, budget, objective and split, best value, the hand-set preset's value as one of
+    the trials, the record file), else "set by hand"."""
     preset = config.get("preset")
     if not isinstance(preset, dict) or not preset.get("method"):
         return BY_HAND
@@ -42,6 +43,8 @@ def preset_text(config: dict[str, Any]) -> str:
         parts.append(objective + (f" against the {preset['split']} split" if preset.get("split") else ""))
     if isinstance(preset.get("best_value"), int | float):
         parts.append(f"best {_number(preset['best_value'])}")
+    if isinstance(preset.get("hand_set_value"), int | float):
+        parts.append(f"hand-set preset {_number(preset['hand_set_value'])}")
     if preset.get("record"):
         parts.append(f"record {preset['record']}")
     return ", ".join(parts)
