@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -209,6 +210,15 @@ def test_cli_bad_value_is_one_line_and_writes_nothing(overrides: list[str], key:
     one_error(r, key, "set e.g.")
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "config_resolved.yaml").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trainer_without_a_gpu_names_trainer_cpu_and_writes_nothing(tmp_path: Path) -> None:
+    """Not Lightning's bare "No supported gpu backend found!": one line with the way out."""
+    r = run_cli("genbench.train", *QUIET, "model=vae", *TINY["vae"], "trainer=gpu", f"hydra.run.dir={tmp_path}/run")
+    one_error(r, "trainer.accelerator=gpu", "trainer=cpu")
+    assert "No supported gpu backend" not in r.stderr
+    assert not (tmp_path / "run" / "config_resolved.yaml").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_unwritable_checkpoint_directory_fails_before_training(tmp_path: Path) -> None:

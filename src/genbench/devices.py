@@ -196,6 +196,21 @@ def accelerator_device_type(accelerator: str | None) -> str:
     return "cpu"
 
 
+def check_accelerator(accelerator: str | None) -> None:
+    """Stop before anything is built when ``trainer.accelerator`` asks for a GPU this machine does not
+    have: Lightning's own message ("No supported gpu backend found!") names no way out."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise GenbenchError(
+            f"trainer.accelerator={accelerator} but PyTorch sees no GPU here (torch.cuda.is_available() is False): "
+            "train on the CPU with trainer=cpu (trainer=ddp_cpu for several processes)"
+            + (
+                f", or install a CUDA build of torch (this one, {torch.__version__}, has none)."
+                if torch.version.cuda is None
+                else ", or check the GPU's driver and CUDA_VISIBLE_DEVICES."
+            )
+        )
+
+
 def resolve_precision(precision: object, accelerator: str | None, family: str | None) -> PrecisionChoice | None:
     """``trainer.precision`` as the Trainer will get it: None when it is not ``auto`` (kept as
     configured), else :func:`choose_precision` for this machine's hardware."""

@@ -32,7 +32,7 @@ from genbench.checkpointing import (
 from genbench.cluster import cluster_plugins
 from genbench.compat import install_ddp_child_command
 from genbench.config import build, print_config_tree
-from genbench.devices import reduced_precision_warning, resolve_precision
+from genbench.devices import check_accelerator, reduced_precision_warning, resolve_precision
 from genbench.distributed import ddp_child_command, is_rank_zero, isolated_job
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_bytes, atomic_write_json, check_writable_dir
@@ -125,6 +125,7 @@ def apply_auto_precision(cfg: DictConfig, family: str, announce: bool = True) ->
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit one model; returns the final callback metrics (also written to metrics.json)."""
     validate_config(cfg)
+    check_accelerator(cfg.trainer.get("accelerator"))
     enforce_tags(cfg)
     from hydra.core.hydra_config import HydraConfig
 
