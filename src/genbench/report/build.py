@@ -32,10 +32,18 @@ from genbench.report.leaderboard import (
     METRIC_INFO,
     build_leaderboard,
     format_value,
+    group_runs,
     named_runs,
     write_leaderboard,
 )
-from genbench.report.plots import guidance_curves, metrics_during_training, quality_vs_cost, quality_vs_steps
+from genbench.report.plots import (
+    Styles,
+    guidance_curves,
+    metrics_during_training,
+    quality_vs_cost,
+    quality_vs_steps,
+    row_styles,
+)
 from genbench.report.presets import menu_text, preset_text
 from genbench.report.stability import per_seed_curves
 from genbench.report.verdict import verdict
@@ -383,29 +391,31 @@ def readable_grids(runs: list[RunResult], real_grid: Path | None, out_dir: Path)
 # --- the report ----------------------------------------------------------------------------------
 
 
-def _figures(runs: list[RunResult], out_dir: Path, named: list[RunResult] | None = None) -> list[dict[str, Any]]:
-    """The report's figures; ``named``: the runs named by their leaderboard row (a sweep's points
-    apart), for the per-seed curves, which group runs by that name (default ``runs``)."""
-    named = runs if named is None else named
+def _figures(runs: list[RunResult], out_dir: Path, styles: Styles | None = None) -> list[dict[str, Any]]:
+    """The report's figures of ``runs`` named by their leaderboard row (a sweep's points apart:
+    :func:`~genbench.report.leaderboard.named_runs`), each row drawn in its ``styles`` entry
+    (:func:`~genbench.report.plots.row_styles`; without it every name is drawn as a family)."""
     figures = [
         (
             "Metrics against training time",
-            metrics_during_training(runs, out_dir / "metrics_vs_time.png"),
+            metrics_during_training(runs, out_dir / "metrics_vs_time.png", styles=styles),
             lambda: _why_no_training_curve(runs, "train_seconds"),
         ),
         (
             "Metrics against images seen",
-            metrics_during_training(runs, out_dir / "metrics_vs_images.png", "images_seen", "training images seen"),
+            metrics_during_training(
+                runs, out_dir / "metrics_vs_images.png", "images_seen", "training images seen", styles=styles
+            ),
             lambda: _why_no_training_curve(runs, "images_seen"),
         ),
         (
             "Quality against network evaluations (NFE)",
-            quality_vs_steps(runs, out_dir / "quality_vs_steps.png"),
+            quality_vs_steps(runs, out_dir / "quality_vs_steps.png", styles=styles),
             lambda: _why_no_sampler_plot(runs, several=True),
         ),
         (
             "Quality against sampling cost",
-            quality_vs_cost(runs, out_dir / "quality_vs_cost.png"),
+            quality_vs_cost(runs, out_dir / "quality_vs_cost.png", styles=styles),
             lambda: _why_no_sampler_plot(runs, several=False),
         ),
     ]
@@ -413,7 +423,7 @@ def _figures(runs: list[RunResult], out_dir: Path, named: list[RunResult] | None
         figures.append(
             (
                 "Guidance sweep: quality and class accuracy against the guidance scale",
-                guidance_curves(runs, out_dir / "guidance_curves.png"),
+                guidance_curves(runs, out_dir / "guidance_curves.png", styles),
                 lambda: (
                     "no conditional run swept guidance: the sweep needs a family with classifier-free guidance "
                     "(model.conditional=true) and metrics.conditional.guidance_scales."
@@ -423,7 +433,7 @@ def _figures(runs: list[RunResult], out_dir: Path, named: list[RunResult] | None
     figures.append(
         (
             "Training curves per seed",
-            per_seed_curves(named, out_dir / "per_seed_curves.png"),
+            per_seed_curves(runs, out_dir / "per_seed_curves.png"),
             lambda: (
                 "no finished run has a training loss curve (csv/metrics.csv, the csv logger) or evaluations "
                 "during training."
@@ -448,7 +458,8 @@ def write_report(
 
     ``group_by``: "config" gives each family's configurations a row of their own (a sweep's
     points), "family" one row per family (see :func:`~genbench.report.leaderboard.group_runs`).
-    The verdict, the protocol, the grids and the model summaries name the same rows."""
+    The verdict, the protocol, the grids, the model summaries and the plots' legends name the same
+    rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {"environment": environment(), **(context or {})}
     rows = build_leaderboard(runs, floor, group_by=group_by)
@@ -456,7 +467,7 @@ def write_report(
     paths = write_leaderboard(rows, out_dir)
     tables = leaderboard_tables(rows)
     hints = missing_metric_hints(named, headline_keys(rows), rows)
-    figures = _figures(runs, out_dir, named)
+    figures = _figures(named, out_dir, row_styles(group_runs(runs, group_by)))
     grids = readable_grids(named, real_grid, out_dir)
     samples = {
         "real" if g["kind"] == "real" else g["group"]: g["path"] for g in grids if g["kind"] in ("real", "samples")
