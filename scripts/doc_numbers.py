@@ -24,6 +24,8 @@ Renderers (the word after ``doc-numbers:``):
 - ``conditional source=<leaderboard.json>``: a class-conditional benchmark's table (class accuracy,
   intra-class FID, FID, precision, recall, bits/dim), with its floor;
 - ``guidance source=<eval/final.json> ...``: guided runs' guidance sweeps, a row per family and scale;
+- ``tuning source=<docs/results/tuning/<family>.json> ...``: each family's preset search (trials,
+  budget, objective, the hand-set preset's and the tuned preset's value, the chosen menu settings);
 - ``precision source=<fp32 leaderboard.json> source=<bf16 leaderboard.json>``: two runs of one budget
   side by side (training speed, images seen, FID, recall, bits/dim), e.g. fp32 against bf16-mixed;
 - ``samplers source=<sampling_<family>.json> ...``: each family's samplers on the same checkpoint
@@ -226,6 +228,31 @@ def render_guidance(sources: list[str]) -> list[str]:
     return lines
 
 
+def render_tuning(sources: list[str]) -> list[str]:
+    """Each source is a family's search record (docs/results/tuning/<family>.json, written by
+    scripts/tune_presets.py): its trials, the hand-set preset's and the best trial's objective, and
+    the chosen settings as the report's menu line names them."""
+    from genbench.report.presets import menu_text
+
+    lines = [
+        "| family | trials | budget | objective | hand-set preset | tuned preset | chosen settings |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source in sources:
+        record = load_json(source)
+        hand = next((t["value"] for t in record["trials"] if t.get("hand_set")), None)
+        best = record["best"]
+        objective = record["objective"]
+        chosen = "the hand-set preset" if best.get("hand_set") else menu_text(record["family"], best["settings"])
+        lines.append(
+            f"| {family_label({'family': record['family']})} | {record['n_trials']} | {record['budget']['name']} "
+            f"({record['budget']['max_images']:,} images) | {objective['metric'].removeprefix('eval/').upper()} of "
+            f"{objective['num_samples']:,} samples, {objective['split']} split | {number(hand, 1)} | "
+            f"**{number(best['value'], 1)}** | {chosen} |"
+        )
+    return lines
+
+
 def render_precision(sources: list[str]) -> list[str]:
     base_path, other_path = sources
     base = {r["family"]: r for r in load_json(base_path) if r.get("kind") == "family"}
@@ -370,6 +397,7 @@ RENDERERS: dict[str, Callable[..., list[str]]] = {
     "conditional": render_conditional,
     "guidance": render_guidance,
     "precision": render_precision,
+    "tuning": render_tuning,
     "samplers": render_samplers,
     "results-index": render_results_index,
     "verdict": render_verdict,
