@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -65,6 +65,45 @@ def sample_chunks(n: int, batch_size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+class SampleChunk(NamedTuple):
+    """One chunk of an evaluation's images: their global indices, the uint8 images, their classes."""
+
+    indices: range
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def seeded_chunks(
+    model: Any,
+    n: int,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    which: Iterable[int] | None = None,
+    **sample_kwargs: Any,
+) -> Iterator[SampleChunk]:
+    """The images of seed ``seed``, one chunk of :func:`sample_chunks` at a time (``which``: these
+    chunk numbers only, in this order; None: every chunk). This is the one definition of "the
+    ``n`` images of a seed" that the evaluations, ``genbench.api.sample`` and ``genbench-sample``
+    share: chunk c is drawn with a CPU generator seeded ``seed + 7919 c``, so an image depends on
+    the seed, ``n``, the model's ``sample_batch_size`` (the chunking) and its index only, never on
+    which process draws it or whether the chunks are kept or written out one by one.
+
+    ``labels``: the classes of all ``n`` images, each chunk given its part; a conditional model
+    asked for nothing gets every class in turn over the ``n`` images (not restarting at each chunk)."""
+    if labels is not None and len(labels) != n:
+        raise GenbenchError(f"An evaluation of {n} images needs one label per image, got {len(labels)}.")
+    if labels is None and getattr(model, "num_classes", None) is not None:
+        labels = model.class_labels(n)
+    chunks = sample_chunks(n, int(getattr(model, "sample_batch_size", None) or 256))
+    for c in range(len(chunks)) if which is None else which:
+        part = chunks[c]
+        generator = torch.Generator().manual_seed(seed + 7919 * c)
+        classes = None if labels is None else labels[part.start : part.stop]
+        given = {} if classes is None else {"labels": classes}
+        images = sample_uint8(model, len(part), generator, batch_size=len(part), **given, **sample_kwargs)
+        yield SampleChunk(part, images, classes)
+
+
 def sample_share(
     model: Any,
     n: int,
@@ -76,22 +115,16 @@ def sample_share(
 ) -> tuple[torch.Tensor, range]:
     """Rank ``rank``'s share of ``n`` evaluation images as uint8, and their global indices.
 
-    The images come in :func:`sample_chunks`; chunk c is drawn with a CPU generator seeded
-    ``seed + 7919 c``, and the ranks take contiguous runs of chunks (:func:`genbench.distributed.share`:
-    earlier ranks one chunk more where they do not divide evenly). So every image depends on the
-    seed and its index only: gathered in rank order, the shares are exactly the ``n`` images one
-    process draws, no padding and no duplicate. ``labels``: the classes of all ``n`` images (a
-    conditional model), each chunk given its part."""
-    if labels is not None and len(labels) != n:
-        raise GenbenchError(f"An evaluation of {n} images needs one label per image, got {len(labels)}.")
+    The images are :func:`seeded_chunks`'; the ranks take contiguous runs of chunks
+    (:func:`genbench.distributed.share`: earlier ranks one chunk more where they do not divide
+    evenly). So every image depends on the seed and its index only: gathered in rank order, the
+    shares are exactly the ``n`` images one process draws (``world=1``), no padding and no
+    duplicate. ``labels``: the classes of all ``n`` images (a conditional model), each chunk given
+    its part."""
     chunks = sample_chunks(n, int(getattr(model, "sample_batch_size", None) or 256))
-    mine = [chunks[c] for c in share(len(chunks), world, rank)]
-    out = []
-    for c, part in zip(share(len(chunks), world, rank), mine, strict=True):
-        generator = torch.Generator().manual_seed(seed + 7919 * c)
-        given = {} if labels is None else {"labels": labels[part.start : part.stop]}
-        out.append(sample_uint8(model, len(part), generator, batch_size=len(part), **given, **sample_kwargs))
-    span = range(mine[0].start, mine[-1].stop) if mine else range(0)
+    mine = share(len(chunks), world, rank)
+    out = [chunk.images for chunk in seeded_chunks(model, n, seed, labels, which=mine, **sample_kwargs)]
+    span = range(chunks[mine[0]].start, chunks[mine[-1]].stop) if len(mine) else range(0)
     if out:
         return torch.cat(out), span
     return torch.zeros((0, *tuple(model.image_shape)), dtype=torch.uint8), span
