@@ -11,7 +11,7 @@ import torch
 
 from genbench import PROJECT_ROOT, GenbenchError, api
 from genbench.diffusion import DDIMSampler
-from genbench.metrics import sample_uint8
+from genbench.metrics.evaluator import sample_share
 from genbench.tiny import TINY_OVERRIDES
 
 
@@ -64,7 +64,7 @@ def test_sample_takes_a_ddpm_sampler_by_name_and_refuses_one_for_a_gan(tmp_path:
 
     ddpm = instantiate(cfg.model).eval()
     by_name = api.sample(ddpm, 2, seed=3, sampler="ddim", steps=2)
-    by_hand = sample_uint8(ddpm, 2, torch.Generator().manual_seed(3), sampler=DDIMSampler(steps=2))
+    by_hand, _ = sample_share(ddpm, 2, 3, sampler=DDIMSampler(steps=2))  # the evaluation's images of seed 3
     assert torch.equal(by_name, by_hand)
     with pytest.raises(GenbenchError, match="ancestral, ddim"):
         api.sample(ddpm, 2, sampler="no_such_sampler")  # the error lists the sampler configs

@@ -361,7 +361,7 @@ def test_compare_sources_checks_a_checkpoints_count_before_sampling(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("sampled before the sample counts were checked")
 
-    monkeypatch.setattr(genbench.evaluate, "sample_uint8", never)
+    monkeypatch.setattr(genbench.evaluate, "sample_share", never)
     cfg = compose_eval(
         "data=synthetic",
         f"input1={vae_run.ckpt}",

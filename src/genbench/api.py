@@ -139,15 +139,27 @@ def _sampler(model: Any, sampler: Any, sampler_kwargs: Mapping[str, Any]) -> dic
     return {"sampler": sampler}
 
 
-def sample(model: Any, n: int, seed: int = 0, sampler: Any = None, **sampler_kwargs: Any) -> torch.Tensor:
-    """``n`` images as uint8 (n, C, H, W) on the CPU, from a generator seeded with ``seed`` (the
-    same images on every call). For a model with ``supports_samplers``: ``sampler="ddim", steps=50``
-    (any name of :func:`sampler_names`, with its settings), or a Sampler object; None: the model's
-    own sampler."""
-    from genbench.metrics import sample_uint8
+def sample(
+    model: Any, n: int, seed: int = 0, sampler: Any = None, labels: Any = None, **sampler_kwargs: Any
+) -> torch.Tensor:
+    """``n`` images as uint8 (n, C, H, W) on the CPU: the images an evaluation of ``n`` samples with
+    this ``seed`` (``genbench-eval seed=``, the training evaluation's ``seed``) scores, and the
+    files ``genbench-sample`` writes for the same seed and count, because all three draw them with
+    :func:`genbench.metrics.evaluator.seeded_chunks` (each chunk of images from its own generator,
+    seeded from ``seed`` and the chunk's index). The same arguments give the same images on every call.
 
+    For a model with ``supports_samplers``: ``sampler="ddim", steps=50`` (any name of
+    :func:`sampler_names`, with its settings), or a Sampler object; None: the model's own sampler.
+    ``labels`` (a conditional model): one class for all, or a list of classes taken in turn, as
+    ``genbench-eval labels=`` takes them; None: every class in turn."""
+    from genbench.evaluate import evaluation_labels
+    from genbench.metrics.evaluator import sample_share
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise GenbenchError(f"sample(n={n!r}): give a whole number of images >= 1.")
     kwargs = _sampler(model, sampler, sampler_kwargs)
-    return sample_uint8(model, n, torch.Generator().manual_seed(seed), **kwargs)
+    images, _ = sample_share(model, n, seed, labels=evaluation_labels(model, n, labels), **kwargs)
+    return images
 
 
 def evaluate(

@@ -35,7 +35,7 @@ from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_write_json, check_writable, read_json
 from genbench.latents import save_grid, write_latent_grids
-from genbench.metrics import Evaluator, MetricsConfig, check_images, sample_uint8, scalar_results
+from genbench.metrics import Evaluator, MetricsConfig, check_images, scalar_results
 from genbench.metrics import conditional as cond
 from genbench.metrics.evaluator import sample_share
 from genbench.metrics.fidelity import check_sample_counts
@@ -90,7 +90,7 @@ def load_source(
         from genbench.models import load_model_from_checkpoint
 
         model = load_model_from_checkpoint(path, device)
-        return sample_uint8(model, num_samples, torch.Generator().manual_seed(seed)), str(path)
+        return sample_share(model, num_samples, seed)[0], str(path)  # the checkpoint's evaluation images
     raise GenbenchError(
         f"Unknown image source '{source}': use data:<split> (optionally a range: data:test:0-5000), a folder of "
         "images, or a .ckpt file."
