@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import run_cli, tiny
 from genbench import GenbenchError, api
 from genbench.data.base import to_uint8
+from genbench.metrics.evaluator import sample_chunks, sample_share
 from genbench.sample import sample_to_files
 
 N = 70  # more than one chunk (sample_batch_size=32 below) and not a multiple of it
@@ -45,9 +46,20 @@ def _sample(trained: SimpleNamespace, *overrides: str) -> dict:
 
 
 def _expected(trained: SimpleNamespace, seed: int, labels=None) -> torch.Tensor:
-    """What the sampling contract gives for this seed, converted as every evaluation converts it."""
+    """The evaluation's images of this seed, recomputed by hand from the sampling contract: the
+    chunks of ``sample_chunks`` (a function of N and the batch size), chunk c from its own CPU
+    generator seeded ``seed + 7919 c``, every class in turn over all N images unless asked,
+    converted as every evaluation converts them."""
     model = api.load(trained.ckpt)
-    return to_uint8(model.sample(N, torch.Generator().manual_seed(seed), labels=labels))
+    classes = torch.arange(N) % model.num_classes if labels is None else labels
+    chunks = sample_chunks(N, model.sample_batch_size)
+    assert len(chunks) > 2 and len(chunks[-1]) < len(chunks[0])  # several chunks and a partial last one
+    return torch.cat(
+        [
+            to_uint8(model.sample(len(part), torch.Generator().manual_seed(seed + 7919 * c), labels=classes[part]))
+            for c, part in enumerate(chunks)
+        ]
+    )
 
 
 def test_png_folder_equals_the_sampling_contract_and_keeps_labels(trained: SimpleNamespace, tmp_path: Path) -> None:
@@ -59,6 +71,9 @@ def test_png_folder_equals_the_sampling_contract_and_keeps_labels(trained: Simpl
     assert images.dtype == np.uint8 and images.shape == (N, 32, 32)  # grey stays one channel ("L")
     expected = _expected(trained, 3)
     assert torch.equal(torch.from_numpy(images), expected[:, 0])
+    model = api.load(trained.ckpt)  # the notebook's images and the evaluation's are these files
+    assert torch.equal(api.sample(model, N, seed=3), expected)
+    assert torch.equal(sample_share(model, N, 3, labels=torch.arange(N) % 4)[0], expected)
     assert np.asarray(Image.open(files[0]).convert("RGB")).shape == (32, 32, 3)  # clean-fid converts to RGB
     with open(out / "labels.csv") as f:
         rows = list(csv.DictReader(f))
@@ -72,6 +87,55 @@ def test_png_folder_equals_the_sampling_contract_and_keeps_labels(trained: Simpl
     assert (Path(other["out"]) / files[-1].name).read_bytes() != files[-1].read_bytes()
 
 
+def test_the_images_an_evaluation_scored_are_the_files_of_its_seed_and_count(
+    trained: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """genbench-eval of the checkpoint, its scored images recorded on their way into the evaluator;
+    genbench-sample with the seed and count its metrics.json records writes those very images."""
+    import json
+
+    from genbench.evaluate import evaluate
+    from genbench.metrics import Evaluator
+
+    scored: list[torch.Tensor] = []
+    real_evaluate = Evaluator.evaluate
+
+    def recording(self: Evaluator, generated: torch.Tensor, *args, **kwargs) -> dict:
+        scored.append(generated.clone())
+        return real_evaluate(self, generated, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", recording)
+    tiny_metrics = ["epochs=1", "min_steps=1", "width=8", "feature_dim=16"]
+    cfg = api.compose(
+        [
+            f"ckpt_path={trained.ckpt}",
+            "seed=11",
+            "latent_grids=false",
+            f"metrics.num_samples={N}",
+            "metrics.kid_subsets=2",
+            "metrics.isc_splits=2",
+            "metrics.likelihood.enabled=false",
+            "metrics.memorisation.enabled=false",
+            *(f"metrics.extractor_training.{k}" for k in tiny_metrics),
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"output={tmp_path / 'metrics.json'}",
+        ],
+        "eval",
+        output_dir=tmp_path,
+    )
+    evaluate(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())["latest"]
+    assert record["seed"] == 11 and record["num_samples"] == N and len(scored) == 1
+    out = tmp_path / "png"
+    cfg = api.compose(
+        [f"ckpt_path={trained.ckpt}", f"seed={record['seed']}", f"num_samples={record['num_samples']}", f"out={out}"],
+        "sample",
+    )
+    sample_to_files(cfg)
+    files = sorted(out.glob("*.png"))
+    assert torch.equal(torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files])), scored[0][:, 0])
+
+
 def test_npz_reads_as_clean_fid_and_the_adm_evaluator_read_it(trained: SimpleNamespace, tmp_path: Path) -> None:
     labels = [2] * 10 + [1] * (N - 10)
     result = _sample(
@@ -83,6 +147,7 @@ def test_npz_reads_as_clean_fid_and_the_adm_evaluator_read_it(trained: SimpleNam
         images, stored_labels = data["arr_0"], data["labels"]
     assert images.dtype == np.uint8 and images.shape == (N, 32, 32, 3)
     expected = _expected(trained, 5, labels=torch.tensor(labels))
+    assert torch.equal(api.sample(api.load(trained.ckpt), N, seed=5, labels=labels), expected)
     for c in range(3):  # grey repeated to the three channels InceptionV3 takes
         assert torch.equal(torch.from_numpy(images[..., c].copy()), expected[:, 0])
     assert stored_labels.tolist() == labels

@@ -16,11 +16,19 @@ Two formats, each the one its readers expect:
 
 A class-conditional model's classes go beside the images (``labels.csv`` in the folder: ``file,label``;
 ``labels`` in the npz); ``labels=`` asks for them as genbench-eval does (one class for all, or a list
-taken in turn), else the model draws every class in turn. The samples come in chunks of the model's ``sample_batch_size``,
-each written as soon as it is drawn (the npz is streamed into its zip entry), so memory stays
-bounded for any N; the same ``seed`` gives the same files, equal to ``genbench.api.sample`` of
-that seed. The output is written under a temporary name and renamed when complete, and an existing
-non-empty output is only replaced with ``overwrite=true``.
+taken in turn), else the model draws every class in turn.
+
+The images are the evaluation's images: ``seed=<s> num_samples=<n>`` writes exactly the ``n``
+images that an evaluation of ``n`` samples with seed ``s`` scores (``genbench-eval seed=<s>
+metrics.num_samples=<n>``, or the training evaluation's ``callbacks.evaluation.seed``, recorded as
+``seed`` in its JSON results), with the same sampler, labels and guidance, and they equal
+``genbench.api.sample(model, n, seed=s)``. All of them draw through
+:func:`genbench.metrics.evaluator.seeded_chunks`: chunks of at most the model's
+``sample_batch_size`` images, each from its own generator seeded from ``s`` and the chunk's index.
+Here each chunk is written as soon as it is drawn (the npz is streamed into its zip entry), so
+memory stays bounded for any N. ``batch_size=`` changes the chunks and so the images: leave it
+null for the evaluation's images. The output is written under a temporary name and renamed when
+complete, and an existing non-empty output is only replaced with ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import io
 import logging
 import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -45,6 +53,9 @@ from genbench.devices import resolve_device
 from genbench.errors import GenbenchError, user_errors
 from genbench.io import atomic_path, check_writable_dir, replace_durably
 from genbench.summary import print_summary, setup_run_logging
+
+if TYPE_CHECKING:
+    from genbench.metrics.evaluator import SampleChunk
 
 log = logging.getLogger("genbench.sample")
 register_resolvers()  # the configs' ${genbench_...:} resolvers, needed before Hydra composes conf/sample.yaml
@@ -89,22 +100,6 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> None:
     check_writable_dir(path.parent, "out")
 
 
-def sample_chunks(
-    model: Any, n: int, seed: int, labels: torch.Tensor | None, **kwargs: Any
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(uint8 N×C×H×W chunk, its classes) in order, one ``sample_batch_size`` at a time, from one
-    generator seeded with ``seed``: the chunks joined equal ``sample(n, generator)``'s images."""
-    from genbench.metrics import sample_uint8
-
-    generator = torch.Generator().manual_seed(seed)
-    chunk = model.sample_batch_size
-    for start in range(0, n, chunk):
-        b = min(chunk, n - start)
-        part = None if labels is None else labels[start : start + b]
-        extra = {} if part is None else {"labels": part}
-        yield sample_uint8(model, b, generator, **extra, **kwargs), part
-
-
 def _hwc(images: torch.Tensor, rgb: bool) -> np.ndarray:
     """uint8 N×C×H×W -> N×H×W×C numpy (C = 3 when ``rgb``: grey repeated)."""
     if rgb and images.shape[1] == 1:
@@ -112,15 +107,13 @@ def _hwc(images: torch.Tensor, rgb: bool) -> np.ndarray:
     return images.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def write_png_folder(
-    chunks: Iterator[tuple[torch.Tensor, torch.Tensor | None]], total: int, folder: Path, progress: Any
-) -> int:
+def write_png_folder(chunks: Iterable[SampleChunk], total: int, folder: Path, progress: Any) -> int:
     """Write each image as ``<index>.png`` into ``folder`` (and ``labels.csv``); returns the count."""
     from PIL import Image
 
     folder.mkdir(parents=True)
     index, rows = 0, []
-    for images, labels in chunks:
+    for _, images, labels in chunks:
         for i, image in enumerate(_hwc(images, rgb=False)):
             name = png_name(index, total)
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / name)
@@ -137,7 +130,7 @@ def write_png_folder(
 
 
 def write_npz(
-    chunks: Iterator[tuple[torch.Tensor, torch.Tensor | None]],
+    chunks: Iterable[SampleChunk],
     shape: tuple[int, int, int],
     total: int,
     path: Path,
@@ -153,7 +146,7 @@ def write_npz(
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)
-            for images, part in chunks:
+            for _, images, part in chunks:
                 f.write(_hwc(images, rgb=True).tobytes())
                 written += len(images)
                 if part is not None:
@@ -170,7 +163,8 @@ def sample_to_files(cfg: DictConfig) -> dict[str, Any]:
     """Draw ``num_samples`` images from ``ckpt_path`` and write them to ``out`` as ``format``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from genbench.evaluate import evaluation_labels, sampler_kwargs
+    from genbench.evaluate import evaluation_labels, guidance_kwargs, sampler_kwargs
+    from genbench.metrics.evaluator import seeded_chunks
     from genbench.models import load_model_from_checkpoint
 
     fmt = str(cfg.format)
@@ -190,7 +184,9 @@ def sample_to_files(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("batch_size"):
         model.sample_batch_size = int(cfg.batch_size)
     labels = evaluation_labels(model, n, cfg.get("labels"))
-    chunks = sample_chunks(model, n, int(cfg.seed), labels, **sampler_kwargs(cfg, model))
+    # the images an evaluation of n samples with this seed scores, drawn and written one chunk at a time
+    kwargs = {**sampler_kwargs(cfg, model), **guidance_kwargs(cfg, model)}
+    chunks = seeded_chunks(model, n, int(cfg.seed), labels, **kwargs)
     log.info("Drawing %d samples from %s (%s) into %s...", n, ckpt_path, model.family, out)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not cfg.get("progress", True)) as bar:
