@@ -148,6 +148,28 @@ def test_callback_leaves_rng_streams_and_train_mode_untouched(train_cfg, extract
     assert model.training and model.encoder.training and not model.decoder.training
 
 
+def test_the_callbacks_scored_images_are_api_sample_of_its_seed(train_cfg, extractor, tmp_path, monkeypatch):
+    """Every image a training evaluation scores (here of a conditional model: every class in turn)
+    is ``api.sample`` of the callback's seed and count, so genbench-sample can write them out."""
+    from genbench import api
+    from genbench.metrics import Evaluator
+
+    scored: list[torch.Tensor] = []
+    real_extract = Evaluator.extract
+
+    def recording(self: Evaluator, images: torch.Tensor, labelled: bool = False) -> dict[str, torch.Tensor]:
+        scored.append(images.clone())
+        return real_extract(self, images, labelled)
+
+    monkeypatch.setattr(Evaluator, "extract", recording)
+    cb = make_callback(extractor, tmp_path, num_samples=70, seed=77, every_n_epochs=0)
+    _, model = fit(train_cfg("model=vae", "model.conditional=true"), [cb], tmp_path, 1)
+    assert scored and model.num_classes is not None
+    expected = api.sample(model, 70, seed=77)
+    assert all(torch.equal(images, expected) for images in scored)
+    assert not torch.equal(api.sample(model, 70, seed=78), expected)
+
+
 def test_callback_evaluates_a_ddpm_with_its_own_sampler_and_keeps_the_ema(train_cfg, extractor, tmp_path):
     cb = make_callback(extractor, tmp_path, sampler=DDIMSampler(steps=2))
     trainer, model = fit(train_cfg("model=ddpm"), [cb], tmp_path, 1)
