@@ -24,7 +24,8 @@ import torch
 
 from genbench.callbacks.evaluation import EvaluationCallback
 from genbench.io import atomic_write_bytes
-from genbench.metrics import NOISE_METRIC, sample_uint8
+from genbench.metrics import NOISE_METRIC
+from genbench.metrics.evaluator import sample_share
 from genbench.reproducibility import preserved_training_state
 from genbench.stopping import StopRequested
 
@@ -106,12 +107,8 @@ class SamplingBenchmark(pl.Callback):
                     if name == "default" and evaluation is not None and evaluation.last_result is not None:
                         entry["metrics"] = EvaluationCallback.scalars(evaluation.last_result)
                     elif self.evaluate and evaluation is not None and name not in self.timing_only:
-                        images = sample_uint8(
-                            pl_module,
-                            evaluation.num_samples,
-                            torch.Generator().manual_seed(evaluation.seed),
-                            sampler=sampler,
-                        )
+                        # the evaluation's noise (its seed's chunks), so the samplers differ only in how they solve
+                        images, _ = sample_share(pl_module, evaluation.num_samples, evaluation.seed, sampler=sampler)
                         entry["metrics"] = EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images))
                     self.results.append(entry)
                     log.info(
@@ -136,7 +133,7 @@ class SamplingBenchmark(pl.Callback):
         seeds = [evaluation.seed + k for k in range(self.noise_seeds + 1)]
         per_seed = [own["metrics"]]
         for seed in seeds[1:]:
-            images = sample_uint8(pl_module, evaluation.num_samples, torch.Generator().manual_seed(seed))
+            images, _ = sample_share(pl_module, evaluation.num_samples, seed)
             per_seed.append(EvaluationCallback.scalars(evaluation.evaluator(trainer).evaluate(images)))
         names = [k for k in own["metrics"] if all(isinstance(m.get(k), (int, float)) for m in per_seed)]
         own["noise"] = {
