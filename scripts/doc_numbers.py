@@ -28,6 +28,7 @@ Renderers (the word after ``doc-numbers:``):
   budget, objective, the hand-set preset's and the tuned preset's value, the chosen menu settings);
 - ``precision source=<fp32 leaderboard.json> source=<bf16 leaderboard.json>``: two runs of one budget
   side by side (training speed, images seen, FID, recall, bits/dim), e.g. fp32 against bf16-mixed;
+  ``labels=hand-set,tuned`` names the two runs in the headings (default ``fp32,bf16``);
 - ``samplers source=<sampling_<family>.json> ...``: each family's samplers on the same checkpoint
   (a run's sampling.json), grouped by network evaluations per sample: the family's own sampler in
   bold, the report's recommended one (the fastest within the sampling noise of the best) marked;
@@ -253,12 +254,16 @@ def render_tuning(sources: list[str]) -> list[str]:
     return lines
 
 
-def render_precision(sources: list[str]) -> list[str]:
+def render_precision(sources: list[str], labels: str = "fp32,bf16") -> list[str]:
+    """Two runs of one budget side by side, a row per family in both (``labels``: the two runs'
+    names in the headings, e.g. ``hand-set,tuned``)."""
     base_path, other_path = sources
+    a_name, b_name = labels.split(",")
     base = {r["family"]: r for r in load_json(base_path) if r.get("kind") == "family"}
     other = {r["family"]: r for r in load_json(other_path) if r.get("kind") == "family"}
+    arrow = f"{a_name} → {b_name}"
     lines = [
-        "| family | train img/s fp32 → bf16 | images seen | FID fp32 → bf16 | recall fp32 → bf16 | bits/dim fp32 → bf16 |",
+        f"| family | train img/s {arrow} | images seen | FID {arrow} | recall {arrow} | bits/dim {arrow} |",
         "|---|---|---|---|---|---|",
     ]
     for family, a in base.items():
@@ -405,7 +410,7 @@ RENDERERS: dict[str, Callable[..., list[str]]] = {
     "value": render_value,
 }
 #: renderers that take ``name=value`` options besides their sources
-OPTIONS = {"value": ("key", "format", "scale")}
+OPTIONS = {"value": ("key", "format", "scale"), "precision": ("labels",)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -251,3 +251,20 @@ def test_perf_precision_table_cells_are_the_json_rows() -> None:
         assert cells[0] == row["family"] and int(cells[1]) == row["threads"]
         assert abs(float(cells[5]) - row["fp32_images"]) <= 0.05 + 1e-9
         assert abs(float(cells[7].split()[0].strip("*")) - row["ratio_median"]) <= 0.005 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "record", sorted((PROJECT_ROOT / "docs" / "results" / "tuning").glob("*.json")), ids=lambda p: p.stem
+)
+def test_tuning_row_is_the_searchs_record(record: Path) -> None:
+    """A family's search row: its trial count, the hand-set trial's and the smallest objective of the
+    record's trials (recomputed here from the trials, not read from the record's own summary)."""
+    data = json.loads(record.read_text())
+    (row,) = doc_numbers.render_tuning([str(record.relative_to(PROJECT_ROOT))])[2:]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    values = [t["value"] for t in data["trials"] if t["value"] is not None]
+    finished = [t for t in data["trials"] if t["state"] in ("COMPLETE", "FAIL", "PRUNED")]
+    hand = [t["value"] for t in data["trials"] if t.get("hand_set")]
+    assert int(cells[1]) == len(finished)
+    assert cells[5] == f"**{min(values):.1f}**"
+    assert len(hand) == 1 and cells[4] == f"{hand[0]:.1f}" and min(values) <= hand[0]
