@@ -217,15 +217,19 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     assert "eval/fid of 200 samples against the val split" in text
     assert (tuned_in_repo.read_bytes() if tuned_in_repo.is_file() else None) == before
 
-    # the cpu preset applies a tuned.yaml it finds (here on an extra search path), and a search removes it
-    extra = tmp_path / "extra_conf" / "family_settings" / "gan"
-    extra.mkdir(parents=True)
-    (extra / "tuned.yaml").write_bytes((out / "tuning" / "tiny" / "presets" / "gan" / "tuned.yaml").read_bytes())
-    searchpath = f"hydra.searchpath=[file://{tmp_path / 'extra_conf'}]"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        applied = compose("train", ["experiment=benchmark/cpu", "model=gan", "section=cpu_images", searchpath])
+    # the cpu preset applies the tuned.yaml it finds (here in a copy of the configs, in place of the
+    # repository's own), and a search removes it
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "family_settings" / "gan" / "tuned.yaml").write_bytes(
+        (out / "tuning" / "tiny" / "presets" / "gan" / "tuned.yaml").read_bytes()
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        applied = compose("train", ["experiment=benchmark/cpu", "model=gan", "section=cpu_images"])
         removed = compose(
-            "train", ["experiment=benchmark/cpu", "model=gan", "section=cpu_images", searchpath, "~family_settings/gan"]
+            "train", ["experiment=benchmark/cpu", "model=gan", "section=cpu_images", "~family_settings/gan"]
         )
     assert applied.model.r1_gamma == model["r1_gamma"] and applied.model.diffaugment == model["diffaugment"]
     assert applied.callbacks.budget.max_images == 43776  # the budget's image count is kept
