@@ -176,13 +176,10 @@ def enqueue_hand_set(family: str, cmd: list[str], cfg: DictConfig) -> None:
     if missing:
         print(f"  the hand-set preset is not in the {family} search space ({', '.join(missing)}): not enqueued")
         return
-    from genbench.cluster.optuna_sweeper import init_rdb_storage, sqlite_path
+    from genbench.cluster.optuna_sweeper import ensure_rdb_storage
 
     storage = str(cfg.hydra.sweeper.storage)
-    db = sqlite_path(storage)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    init_rdb_storage(storage)  # a fresh database, set up as the sweeper sets it up
+    ensure_rdb_storage(storage)  # a fresh database, set up as the sweeper sets it up
     study = optuna.create_study(
         study_name=str(cfg.hydra.sweeper.study_name),
         storage=storage,

@@ -199,7 +199,7 @@ def accelerator_device_type(accelerator: str | None) -> str:
 def check_accelerator(accelerator: str | None) -> None:
     """Stop before anything is built when ``trainer.accelerator`` asks for a GPU this machine does not
     have: Lightning's own message ("No supported gpu backend found!") names no way out."""
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if accelerator_device_type(accelerator) == "cuda" and not torch.cuda.is_available():
         raise GenbenchError(
             f"trainer.accelerator={accelerator} but PyTorch sees no GPU here (torch.cuda.is_available() is False): "
             "train on the CPU with trainer=cpu (trainer=ddp_cpu for several processes)"

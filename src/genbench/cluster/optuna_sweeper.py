@@ -89,6 +89,16 @@ def init_rdb_storage(storage: str) -> None:
         optuna.storages.RDBStorage(storage, engine_kwargs={"isolation_level": "AUTOCOMMIT"})
 
 
+def ensure_rdb_storage(storage: str) -> None:
+    """:func:`init_rdb_storage` after creating the folder of a SQLite file (SQLite does not create
+    it): what opening a study's storage for the first time needs (callers that share a database
+    with other processes hold its lock around this)."""
+    db = sqlite_path(storage)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    init_rdb_storage(storage)
+
+
 def finished_trials(storage: str, study_name: str | None) -> int:
     """How many trials of ``study_name`` in ``storage`` have finished (0 when there is no such study)."""
     if study_name is None:
@@ -152,13 +162,10 @@ class _ResumableImpl(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         if isinstance(self.storage, str):
-            db = sqlite_path(self.storage)
-            if db is not None:  # SQLite does not create the folder of its file
-                db.parent.mkdir(parents=True, exist_ok=True)
             # under the claim lock: two sweeps creating one fresh database at once would both stamp
             # its schema version, and the second fails on the first's row
             with file_lock(self._lock_path(), what=f"the Optuna study {self.study_name!r}"):
-                init_rdb_storage(self.storage)
+                ensure_rdb_storage(self.storage)
                 done = finished_trials(self.storage, self.study_name)
             if done:
                 log.info(
