@@ -231,25 +231,42 @@ def render_guidance(sources: list[str]) -> list[str]:
 
 def render_tuning(sources: list[str]) -> list[str]:
     """Each source is a family's search record (docs/results/tuning/<family>.json, written by
-    scripts/tune_presets.py): its trials, the hand-set preset's and the best trial's objective, and
-    the chosen settings as the report's menu line names them."""
+    scripts/tune_presets.py): its trials, the hand-set preset's and the best trial's objective, the
+    finalists' objective when trained again under the time check's budget, and the chosen preset's
+    settings as the report's menu line names them."""
     from genbench.report.presets import menu_text
 
+    check_budget = next((r["time_check"]["budget"] for r in map(load_json, sources) if r.get("time_check")), None)
+    check_head = (
+        f"under `{check_budget['name']}`: hand-set / best"
+        + (f" ({check_budget['max_train_seconds']:g} s)" if check_budget.get("max_train_seconds") else "")
+        if check_budget
+        else "time check"
+    )
     lines = [
-        "| family | trials | budget | objective | hand-set preset | tuned preset | chosen settings |",
-        "|---|---|---|---|---|---|---|",
+        f"| family | trials | budget | objective | hand-set preset | search's best | {check_head} | preset |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for source in sources:
         record = load_json(source)
         hand = next((t["value"] for t in record["trials"] if t.get("hand_set")), None)
         best = record["best"]
+        chosen = record.get("chosen") or best
         objective = record["objective"]
-        chosen = "the hand-set preset" if best.get("hand_set") else menu_text(record["family"], best["settings"])
+        check = record.get("time_check")
+        if check:
+            by_trial = {f["search_trial"]: f for f in check["finalists"]}
+            hand_check = next((f["value"] for f in check["finalists"] if f["hand_set"]), None)
+            best_check = by_trial.get(best["number"], {}).get("value")
+            checked = f"{number(hand_check, 1)} / {number(best_check, 1)}"
+        else:
+            checked = "–"
+        settings = "the hand-set preset" if chosen.get("hand_set") else menu_text(record["family"], chosen["settings"])
         lines.append(
             f"| {family_label({'family': record['family']})} | {record['n_trials']} | {record['budget']['name']} "
             f"({record['budget']['max_images']:,} images) | {objective['metric'].removeprefix('eval/').upper()} of "
             f"{objective['num_samples']:,} samples, {objective['split']} split | {number(hand, 1)} | "
-            f"**{number(best['value'], 1)}** | {chosen} |"
+            f"{number(best['value'], 1)} | {checked} | {settings} |"
         )
     return lines
 

@@ -50,6 +50,9 @@ from genbench.config import register_resolvers
 #: the real search's defaults: the image-count budget (the same models at any machine load) and
 #: where its results go in the repository
 BUDGET = "cpu_images"
+#: the budget the search's finalists are trained again under before one becomes the preset: the
+#: time budget the presets are benchmarked at, where an option that makes a step dearer costs images
+CHECK_BUDGET = "cpu"
 RESULTS_DIR = PROJECT_ROOT / "docs" / "results" / "tuning"
 PRESETS_DIR = CONFIG_DIR / "family_settings"
 TINY_TRIALS = 2
@@ -69,18 +72,25 @@ def compose_config(name: str, overrides: list[str], hydra: bool = False) -> Dict
 
 
 def search_command(
-    bench: DictConfig, family: str, sweep_dir: Path, trials: int | None, log_dir: Path, extra: list[str] = ()
+    bench: DictConfig,
+    family: str,
+    sweep_dir: Path,
+    trials: int | None,
+    log_dir: Path,
+    extra: list[str] = (),
+    study: str | None = None,
 ) -> list[str]:
     """The ``genbench-train -m`` multirun that searches ``family``'s preset: the benchmark's training
     job of the family under ``bench.budget``, the family's search (``hparams_search=tune_<family>``;
-    ``trials`` replaces its trial count), its study named after the budget, and without the family's
-    current tuned preset; ``extra``: more overrides of every trial (e.g. ``paths.cache_dir=...``)."""
+    ``trials`` replaces its trial count), its study (``study``, default named after the budget), and
+    without the family's current tuned preset; ``extra``: more overrides of every trial (e.g.
+    ``paths.cache_dir=...``)."""
     from genbench.benchmark import training_command
 
     cmd = training_command(bench, family, sweep_dir)
     cmd += [
         f"hparams_search=tune_{family}",
-        f"hydra.sweeper.study_name={study_name(family, bench.budget.name)}",
+        f"hydra.sweeper.study_name={study or study_name(family, bench.budget.name)}",
         f"paths.log_dir={log_dir}",
         f"tags=[tuning,budget-{bench.budget.name}]",
         *([f"hydra.sweeper.n_trials={trials}"] if trials is not None else []),
@@ -98,8 +108,10 @@ def train_overrides(cmd: list[str]) -> list[str]:
     return cmd[4:]
 
 
-def study_name(family: str, budget: str) -> str:
-    return f"tune_{family}_{budget}"
+def study_name(family: str, budget: str, check: str | None = None) -> str:
+    """The stored study of ``family``'s search under ``budget`` (``check``: of its finalists' runs
+    under that budget)."""
+    return f"tune_{family}_{budget}" + (f"_check_{check}" if check else "")
 
 
 def config_path(param: str) -> str:
@@ -166,32 +178,46 @@ def hand_set_params(cmd: list[str], cfg: DictConfig) -> tuple[dict[str, Any], li
     return params, missing
 
 
-def enqueue_hand_set(family: str, cmd: list[str], cfg: DictConfig) -> None:
-    """Make the hand-set preset one of the search's trials (the study's next one, unless a trial with
-    those values is already in it), so that the chosen preset is never one the search ranked below
-    the hand-set one: every family is searched from its own starting point, alike."""
+def open_study(cfg: DictConfig) -> Any:
+    """The search's stored study (created, as the sweeper creates it, when it is not there yet)."""
     import optuna
 
-    params, missing = hand_set_params(cmd, cfg)
-    if missing:
-        print(f"  the hand-set preset is not in the {family} search space ({', '.join(missing)}): not enqueued")
-        return
     from genbench.cluster.optuna_sweeper import ensure_rdb_storage
 
     storage = str(cfg.hydra.sweeper.storage)
     ensure_rdb_storage(storage)  # a fresh database, set up as the sweeper sets it up
-    study = optuna.create_study(
+    return optuna.create_study(
         study_name=str(cfg.hydra.sweeper.study_name),
         storage=storage,
         direction=str(cfg.hydra.sweeper.direction),
         load_if_exists=True,
     )
-    if any(
-        t.params == params or t.system_attrs.get("fixed_params") == params for t in study.get_trials(deepcopy=False)
-    ):
-        return
+
+
+def _trial_params(trial: Any) -> dict[str, Any]:
+    """A stored trial's values: its sampled ones, or an enqueued trial's fixed ones before it ran."""
+    return trial.params or trial.system_attrs.get("fixed_params") or {}
+
+
+def enqueue(study: Any, params: dict[str, Any]) -> bool:
+    """Make ``params`` the study's next trial, unless a trial with those values is already in it
+    (run, or enqueued by a run that was killed); returns whether it was enqueued."""
+    if any(_trial_params(t) == params for t in study.get_trials(deepcopy=False)):
+        return False
     study.enqueue_trial(params)
-    print(f"  the hand-set preset is enqueued as a trial: {params}", flush=True)
+    return True
+
+
+def enqueue_hand_set(family: str, cmd: list[str], cfg: DictConfig) -> None:
+    """Make the hand-set preset one of the search's trials, so that the chosen preset is never one
+    the search ranked below the hand-set one: every family is searched from its own starting point,
+    alike."""
+    params, missing = hand_set_params(cmd, cfg)
+    if missing:
+        print(f"  the hand-set preset is not in the {family} search space ({', '.join(missing)}): not enqueued")
+        return
+    if enqueue(open_study(cfg), params):
+        print(f"  the hand-set preset is enqueued as a trial: {params}", flush=True)
 
 
 def run_search(family: str, cmd: list[str], sweep_dir: Path, root: Path) -> None:
@@ -205,39 +231,21 @@ def run_search(family: str, cmd: list[str], sweep_dir: Path, root: Path) -> None
         raise GenbenchError(f"The {family} search failed (exit {proc.returncode}): {tail[0]} Its log: {log_path}")
 
 
-def tune_family(
-    family: str,
-    bench: DictConfig,
-    trials: int | None,
-    log_dir: Path,
-    results_dir: Path,
-    presets_dir: Path,
-    dry_run: bool = False,
-    extra: list[str] = (),
-) -> dict[str, Any] | None:
-    """Search ``family``'s preset, then write its record and its tuned preset; returns the record."""
-    import optuna
-
-    budget = str(bench.budget.name)
-    sweep_dir = log_dir / "tuning" / budget / family / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = search_command(bench, family, sweep_dir, trials, log_dir, list(extra))
-    cfg = compose_config("train", train_overrides(cmd), hydra=True)
+def check_objective(family: str, cfg: DictConfig) -> None:
+    """Refuse a search (or check) whose objective is not the FID on a held-out split."""
     metrics = cfg.callbacks.evaluation.metrics
     if cfg.optimized_metric != "eval/fid" or metrics.split in FORBIDDEN_SPLITS:
         raise GenbenchError(
             f"The {family} search optimises {cfg.optimized_metric} on the {metrics.split} split: a preset must be "
             "chosen by eval/fid on a held-out split the benchmark does not report (metrics.split=val)."
         )
-    print(f"{family}: {cfg.hydra.sweeper.n_trials} trials, budget {budget}", flush=True)
-    if dry_run:
-        print("  " + " ".join(cmd[2:]))
-        return None
-    print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
-    enqueue_hand_set(family, cmd, cfg)
-    run_search(family, cmd, sweep_dir, Path(bench.paths.root_dir))
-    storage = str(cfg.hydra.sweeper.storage)
-    study = optuna.load_study(study_name=str(cfg.hydra.sweeper.study_name), storage=storage)
-    hand_set, _ = hand_set_params(cmd, cfg)
+
+
+def trial_rows(study: Any, hand_set: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every stored trial of ``study``: number, state, params, finite objective value, seconds, and
+    whether it is the hand-set preset's trial."""
+    import optuna
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
@@ -252,11 +260,137 @@ def tune_family(
                 "hand_set": t.params == hand_set,
             }
         )
+    return rows
+
+
+def finalists(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The search's ``count`` best finished trials, and the hand-set preset's trial when it is not
+    among them: the configurations a time check trains again."""
+    done = sorted((r for r in rows if r["value"] is not None), key=lambda r: r["value"])
+    picked = done[:count]
+    picked += [r for r in done[count:] if r["hand_set"]]
+    return picked
+
+
+def choose(checked: list[dict[str, Any]]) -> dict[str, Any]:
+    """The finalist with the lowest objective under the check's budget (ties: the search's better)."""
+    done = [r for r in checked if r["value"] is not None]
+    if not done:
+        raise GenbenchError("No finalist of the time check finished with a finite FID; see its launcher.log.")
+    return min(done, key=lambda r: (r["value"], r["search_value"]))
+
+
+def time_check(
+    family: str,
+    rows: list[dict[str, Any]],
+    search_budget: str,
+    check_bench: DictConfig,
+    count: int,
+    log_dir: Path,
+    extra: list[str] = (),
+) -> dict[str, Any]:
+    """Train the search's finalists (its ``count`` best trials and the hand-set preset) once more
+    under ``check_bench``'s budget (a time budget: an option that makes a step dearer now costs
+    images), with the search's seed and objective, as a stored study of enqueued trials through the
+    same sweeper (a killed check re-run trains only its missing finalists). Returns the check's
+    record: its budget, every finalist's search and check values, and the chosen search trial."""
+    import optuna
+
+    budget = str(check_bench.budget.name)
+    picked = finalists(rows, count)
+    sweep_dir = log_dir / "tuning" / search_budget / family / f"check_{budget}" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    name = study_name(family, search_budget, budget)
+    cmd = search_command(check_bench, family, sweep_dir, None, log_dir, list(extra), study=name)
+    cfg = compose_config("train", train_overrides(cmd), hydra=True)
+    check_objective(family, cfg)
+    study = open_study(cfg)
+    for row in picked:
+        enqueue(study, row["params"])
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    todo = [r for r in picked if not any(t.params == r["params"] for t in finished)]
+    print(
+        f"  time check under budget {budget}: {len(picked)} finalists "
+        f"(search trials {', '.join(str(r['number']) for r in picked)}), {len(todo)} to train",
+        flush=True,
+    )
+    if todo:
+        cmd = search_command(
+            check_bench, family, sweep_dir, len(finished) + len(todo), log_dir, list(extra), study=name
+        )
+        print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
+        run_search(family, cmd, sweep_dir, Path(check_bench.paths.root_dir))
+    stored = trial_rows(optuna.load_study(study_name=name, storage=str(cfg.hydra.sweeper.storage)), {})
+    checked = []
+    for row in picked:
+        run = next((t for t in stored if t["params"] == row["params"] and t["state"] == "COMPLETE"), None)
+        checked.append(
+            {
+                "search_trial": row["number"],
+                "hand_set": row["hand_set"],
+                "search_value": row["value"],
+                "check_trial": run["number"] if run else None,
+                "value": run["value"] if run else None,
+                "seconds": run["seconds"] if run else None,
+            }
+        )
+    chosen = choose(checked)
+    return {
+        "budget": {
+            "name": budget,
+            "max_train_seconds": cfg.callbacks.budget.get("max_train_seconds"),
+            "max_images": cfg.callbacks.budget.get("max_images"),
+            "precision": str(cfg.trainer.precision),
+            "description": " ".join(str(check_bench.budget.get("description", "")).split()),
+        },
+        "study": {"name": name, "storage": str(cfg.hydra.sweeper.storage)},
+        "command": "genbench-train " + " ".join(train_overrides(cmd)),
+        "finalists": checked,
+        "chosen": chosen["search_trial"],
+    }
+
+
+def tune_family(
+    family: str,
+    bench: DictConfig,
+    trials: int | None,
+    log_dir: Path,
+    results_dir: Path,
+    presets_dir: Path,
+    dry_run: bool = False,
+    extra: list[str] = (),
+    check_bench: DictConfig | None = None,
+    check_count: int = 1,
+) -> dict[str, Any] | None:
+    """Search ``family``'s preset (then, with ``check_bench``, train its finalists again under that
+    budget and keep the best of them there), write its record and its tuned preset; returns the record."""
+    import optuna
+
+    budget = str(bench.budget.name)
+    sweep_dir = log_dir / "tuning" / budget / family / time.strftime("%Y-%m-%d_%H-%M-%S")
+    cmd = search_command(bench, family, sweep_dir, trials, log_dir, list(extra))
+    cfg = compose_config("train", train_overrides(cmd), hydra=True)
+    metrics = cfg.callbacks.evaluation.metrics
+    check_objective(family, cfg)
+    print(f"{family}: {cfg.hydra.sweeper.n_trials} trials, budget {budget}", flush=True)
+    if dry_run:
+        print("  " + " ".join(cmd[2:]))
+        return None
+    print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
+    enqueue_hand_set(family, cmd, cfg)
+    run_search(family, cmd, sweep_dir, Path(bench.paths.root_dir))
+    storage = str(cfg.hydra.sweeper.storage)
+    study = optuna.load_study(study_name=str(cfg.hydra.sweeper.study_name), storage=storage)
+    hand_set, _ = hand_set_params(cmd, cfg)
+    rows = trial_rows(study, hand_set)
     done = [r for r in rows if r["value"] is not None]
     if not done:
         raise GenbenchError(f"No trial of the {family} search finished with a finite FID; see {sweep_dir}.")
     best = min(done, key=lambda r: r["value"])
-    settings = best_settings(cmd, best["params"])
+    check = None
+    chosen = best
+    if check_bench is not None:
+        check = time_check(family, rows, budget, check_bench, check_count, log_dir, list(extra))
+        chosen = next(r for r in rows if r["number"] == check["chosen"])
     sampler = OmegaConf.to_container(cfg.hydra.sweeper.sampler, resolve=True)
     space = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -290,21 +424,29 @@ def tune_family(
         "study": {"name": study.study_name, "storage": storage},
         "command": "genbench-train " + " ".join(train_overrides(cmd)),
         "trials": rows,
-        "best": {**best, "settings": settings},
+        "best": {**best, "settings": best_settings(cmd, best["params"])},
+        # the preset: the search's best, or with a time check the finalist that won it
+        "time_check": check,
+        "chosen": {**chosen, "settings": best_settings(cmd, chosen["params"])},
         "preset_file": _relative(preset_path),
         # the trials' own wall time, summed (this run of the script may have run none of them)
         "trial_seconds": round(sum(r["seconds"] or 0.0 for r in rows), 1),
+        "check_seconds": round(sum(r["seconds"] or 0.0 for r in check["finalists"]), 1) if check else None,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     record_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     write_preset(preset_path, record, _relative(record_path))
     print(f"{family}: best {best['value']:.4g} (trial {best['number']}); wrote {record_path} and {preset_path}")
+    if check:
+        print(f"{family}: under budget {check['budget']['name']} the preset is search trial {chosen['number']}")
     return record
 
 
 def write_preset(path: Path, record: dict[str, Any], record_name: str) -> None:
-    """``tuned.yaml``: the best settings and the ``preset`` block the report reads."""
+    """``tuned.yaml``: the chosen settings and the ``preset`` block the report reads."""
     objective = record["objective"]
+    chosen = record.get("chosen") or record["best"]
+    check = record.get("time_check")
     preset = {
         "method": f"{record['method']} search (seed {record['sampler'].get('seed')})",
         "trials": record["n_trials"],
@@ -319,15 +461,33 @@ def write_preset(path: Path, record: dict[str, Any], record_name: str) -> None:
         "hand_set_value": next((r["value"] for r in record["trials"] if r.get("hand_set")), None),
         "record": record_name,
     }
+    if check:
+        preset["check"] = {
+            "budget": check["budget"]["name"],
+            "seconds": check["budget"]["max_train_seconds"],
+            "precision": check["budget"]["precision"],
+            "finalists": [
+                {"trial": r["search_trial"], "hand_set": r["hand_set"], "value": r["value"]} for r in check["finalists"]
+            ],
+            "chosen": check["chosen"],
+        }
+    why = f"the best of {record['n_trials']} trials of an {record['method']}"
+    if check:
+        why = (
+            f"of {record['n_trials']} trials of an {record['method']} search, the finalist that won the\n"
+            f"# time check under budget {check['budget']['name']} (search trial {chosen['number']}"
+            + (", the hand-set preset" if chosen.get("hand_set") else "")
+            + ");"
+        )
     header = (
         "# @package _global_\n"
-        f"# {record['family']}'s tuned preset: the best of {record['n_trials']} trials of an {record['method']}\n"
+        f"# {record['family']}'s tuned preset: {why}\n"
         f"# search under budget {record['budget']['name']}, by {objective['metric']} of {objective['num_samples']} "
         f"samples against the {objective['split']} split\n"
         f"# (the record: {record_name}). Written by scripts/tune_presets.py on {record['written']}; the\n"
         f"# family's cpu preset applies it. Delete this file to go back to the hand-set preset.\n"
     )
-    body = yaml.safe_dump({"preset": preset, **record["best"]["settings"]}, sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump({"preset": preset, **chosen["settings"]}, sort_keys=False, default_flow_style=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + body)
 
@@ -345,6 +505,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results-dir", type=Path, default=None, help=f"<family>.json (default {_relative(RESULTS_DIR)})")
     p.add_argument(
         "--presets-dir", type=Path, default=None, help=f"<family>/tuned.yaml (default {_relative(PRESETS_DIR)})"
+    )
+    p.add_argument(
+        "--check-budget",
+        default=None,
+        help=f"train the search's finalists again under this budget and keep its winner (default {CHECK_BUDGET}; "
+        "none with --tiny; 'none' to skip)",
+    )
+    p.add_argument(
+        "--finalists", type=int, default=1, help="the search's best trials the check trains, beside the hand-set one"
     )
     p.add_argument("--dry-run", action="store_true", help="print each family's command; run nothing")
     p.add_argument("overrides", nargs="*", help="after --: genbench-train overrides of every trial")
@@ -370,9 +539,22 @@ def main(argv: list[str] | None = None) -> None:
     )  # None: the search config's n_trials
     if trials is not None and trials < 1:
         raise GenbenchError(f"--trials {trials}: a search needs at least 1 trial.")
+    check = args.check_budget or ("none" if args.tiny else CHECK_BUDGET)
+    check_bench = None if check == "none" else compose_config("benchmark", [f"budget={check}", f"seeds=[{args.seed}]"])
+    if args.finalists < 1:
+        raise GenbenchError(f"--finalists {args.finalists}: the check needs at least the search's best trial.")
     for family in families:
         tune_family(
-            family, bench, trials, log_dir, results_dir.resolve(), presets_dir.resolve(), args.dry_run, args.overrides
+            family,
+            bench,
+            trials,
+            log_dir,
+            results_dir.resolve(),
+            presets_dir.resolve(),
+            args.dry_run,
+            args.overrides,
+            check_bench,
+            args.finalists,
         )
 
 

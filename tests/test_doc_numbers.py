@@ -260,7 +260,8 @@ def test_perf_precision_table_cells_are_the_json_rows() -> None:
 )
 def test_tuning_row_is_the_searchs_record(record: Path) -> None:
     """A family's search row: its trial count, the hand-set trial's and the smallest objective of the
-    record's trials (recomputed here from the trials, not read from the record's own summary)."""
+    record's trials (recomputed here from the trials, not read from the record's own summary), and
+    with a time check the finalists' values under it and the preset: the finalist that scored lowest."""
     data = json.loads(record.read_text())
     (row,) = doc_numbers.render_tuning([str(record.relative_to(PROJECT_ROOT))])[2:]
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -268,5 +269,16 @@ def test_tuning_row_is_the_searchs_record(record: Path) -> None:
     finished = [t for t in data["trials"] if t["state"] in ("COMPLETE", "FAIL", "PRUNED")]
     hand = [t["value"] for t in data["trials"] if t.get("hand_set")]
     assert int(cells[1]) == len(finished)
-    assert cells[5] == f"**{min(values):.1f}**"
+    assert cells[5] == f"{min(values):.1f}"
     assert len(hand) == 1 and cells[4] == f"{hand[0]:.1f}" and min(values) <= hand[0]
+    check = data.get("time_check")
+    if check is None:
+        assert cells[6] == "–"
+        return
+    finalists = {f["search_trial"]: f for f in check["finalists"]}
+    best = min((t for t in data["trials"] if t["value"] is not None), key=lambda t: t["value"])
+    hand_trial = next(t for t in data["trials"] if t.get("hand_set"))
+    assert cells[6] == f"{finalists[hand_trial['number']]['value']:.1f} / {finalists[best['number']]['value']:.1f}"
+    winner = min((f for f in check["finalists"] if f["value"] is not None), key=lambda f: f["value"])
+    assert data["chosen"]["number"] == winner["search_trial"]
+    assert (cells[7] == "the hand-set preset") == winner["hand_set"]

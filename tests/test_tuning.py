@@ -154,7 +154,8 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     tuned_in_repo = CONFIG_DIR / "family_settings" / "gan" / "tuned.yaml"
     before = tuned_in_repo.read_bytes() if tuned_in_repo.is_file() else None
     out = tmp_path / "out"
-    args = ["--families", "gan", "--tiny", "--log-dir", str(out), "--"]
+    # the time check under the search's own budget: the same finalists trained again, with the same seed
+    args = ["--families", "gan", "--tiny", "--check-budget", "tiny", "--log-dir", str(out), "--"]
     args += [f"++callbacks.evaluation.metrics.extractor_training.{k}={v}" for k, v in TINY_EXTRACTOR.items()]
     r = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "scripts" / "tune_presets.py"), *args],
@@ -212,7 +213,22 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     assert preset["preset"]["trials"] == 2 and preset["preset"]["split"] == "val"
     assert preset["preset"]["best_value"] == record["best"]["value"]
     assert preset["preset"]["hand_set_value"] == values[0]
+
+    # the time check: the best trial and the hand-set one trained again; under the same budget and seed
+    # training is deterministic, so each scores what it scored in the search, and the best stays chosen
+    check = record["time_check"]
+    assert check["budget"]["name"] == "tiny" and check["study"]["name"] == "tune_gan_tiny_check_tiny"
+    assert {f["search_trial"] for f in check["finalists"]} == {0, 1}
+    for finalist in check["finalists"]:
+        assert finalist["value"] == pytest.approx(values[finalist["search_trial"]], rel=1e-6)
+        assert finalist["hand_set"] == (finalist["search_trial"] == 0)
+    assert check["chosen"] == record["chosen"]["number"] == record["best"]["number"]
+    assert preset["preset"]["check"]["chosen"] == check["chosen"]
+    assert [f["value"] for f in preset["preset"]["check"]["finalists"]] == [f["value"] for f in check["finalists"]]
     text = preset_text(preset)
+    names = ["hand-set" if f["hand_set"] else f"trial {f['search_trial']}" for f in check["finalists"]]
+    scores = " vs ".join(f"{n} {f['value']:.3g}" for n, f in zip(names, check["finalists"], strict=True))
+    assert f"finalists under budget tiny: {scores}, chosen trial {check['chosen']}" in text
     assert "2 trials" in text and "budget tiny (320 training images)" in text
     assert "eval/fid of 200 samples against the val split" in text
     assert (tuned_in_repo.read_bytes() if tuned_in_repo.is_file() else None) == before
@@ -235,6 +251,49 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     assert applied.callbacks.budget.max_images == 43776  # the budget's image count is kept
     assert preset_text(OmegaConf.to_container(applied)) == text
     assert "preset" not in removed and removed.model.r1_gamma == 0.0  # the hand-set value
+
+
+def test_the_time_check_trains_the_best_and_the_hand_set_trial_and_keeps_its_winner() -> None:
+    """The finalists are the search's best trials and the hand-set one; the preset is the finalist
+    that scores lowest under the check's budget, even when the search ranked it lower (a step the
+    image budget did not charge for), and a failed finalist is never chosen."""
+    script = load_script()
+    rows = [
+        {"number": 0, "value": 18.0, "hand_set": True},
+        {"number": 1, "value": 16.6, "hand_set": False},
+        {"number": 2, "value": None, "hand_set": False},
+        {"number": 3, "value": 17.5, "hand_set": False},
+    ]
+    assert [r["number"] for r in script.finalists(rows, 1)] == [1, 0]
+    assert [r["number"] for r in script.finalists(rows, 2)] == [1, 3, 0]
+    assert [r["number"] for r in script.finalists(rows, 5)] == [1, 3, 0]  # the hand-set one once
+    checked = [
+        {"search_trial": 1, "hand_set": False, "search_value": 16.6, "value": 22.1},
+        {"search_trial": 0, "hand_set": True, "search_value": 18.0, "value": 17.4},
+        {"search_trial": 3, "hand_set": False, "search_value": 17.5, "value": None},
+    ]
+    assert script.choose(checked)["search_trial"] == 0
+    with pytest.raises(GenbenchError, match="No finalist"):
+        script.choose([{**c, "value": None} for c in checked])
+    text = preset_text(
+        {
+            "preset": {
+                "method": "Optuna TPESampler search (seed 1234)",
+                "check": {
+                    "budget": "cpu",
+                    "seconds": 120,
+                    "finalists": [
+                        {"trial": 1, "hand_set": False, "value": 22.1},
+                        {"trial": 0, "hand_set": True, "value": 17.4},
+                    ],
+                    "chosen": 0,
+                },
+            }
+        }
+    )
+    assert text.endswith(
+        "finalists under budget cpu (120 s): trial 1 22.1 vs hand-set 17.4, chosen the hand-set preset"
+    )
 
 
 # --- the report -----------------------------------------------------------------------------------

@@ -45,9 +45,28 @@ def preset_text(config: dict[str, Any]) -> str:
         parts.append(f"best {_number(preset['best_value'])}")
     if isinstance(preset.get("hand_set_value"), int | float):
         parts.append(f"hand-set preset {_number(preset['hand_set_value'])}")
+    check = preset.get("check")
+    if isinstance(check, dict) and check.get("finalists"):
+        parts.append(check_text(check))
     if preset.get("record"):
         parts.append(f"record {preset['record']}")
     return ", ".join(parts)
+
+
+def check_text(check: dict[str, Any]) -> str:
+    """The time check of a tuned preset: the finalists' values when trained again under the check's
+    budget, and which one became the preset."""
+    seconds = check.get("seconds")
+    budget = f"budget {check.get('budget')}" + (f" ({_number(seconds)} s)" if seconds else "")
+    values = []
+    chosen = "?"
+    for finalist in check["finalists"]:
+        name = "hand-set" if finalist.get("hand_set") else f"trial {finalist.get('trial')}"
+        value = finalist.get("value")
+        values.append(f"{name} {_number(value) if isinstance(value, int | float) else 'failed'}")
+        if finalist.get("trial") == check.get("chosen"):
+            chosen = "the hand-set preset" if finalist.get("hand_set") else name
+    return f"finalists under {budget}: {' vs '.join(values)}, chosen {chosen}"
 
 
 def _select(config: dict[str, Any], key: str) -> tuple[bool, Any]:
