@@ -471,19 +471,21 @@ def write_preset(path: Path, record: dict[str, Any], record_name: str) -> None:
             ],
             "chosen": check["chosen"],
         }
-    why = f"the best of {record['n_trials']} trials of an {record['method']}"
+    search = (
+        f"{record['n_trials']} trials of an {record['method']} search under budget {record['budget']['name']},\n"
+        f"# by {objective['metric']} of {objective['num_samples']} samples against the {objective['split']} split"
+    )
     if check:
-        why = (
-            f"of {record['n_trials']} trials of an {record['method']} search, the finalist that won the\n"
-            f"# time check under budget {check['budget']['name']} (search trial {chosen['number']}"
+        what = (
+            f"of {search},\n# the finalist (its best or the hand-set preset) that scored lowest when trained again\n"
+            f"# under budget {check['budget']['name']}: search trial {chosen['number']}"
             + (", the hand-set preset" if chosen.get("hand_set") else "")
-            + ");"
         )
+    else:
+        what = f"the best of {search}"
     header = (
         "# @package _global_\n"
-        f"# {record['family']}'s tuned preset: {why}\n"
-        f"# search under budget {record['budget']['name']}, by {objective['metric']} of {objective['num_samples']} "
-        f"samples against the {objective['split']} split\n"
+        f"# {record['family']}'s tuned preset: {what}\n"
         f"# (the record: {record_name}). Written by scripts/tune_presets.py on {record['written']}; the\n"
         f"# family's cpu preset applies it. Delete this file to go back to the hand-set preset.\n"
     )
