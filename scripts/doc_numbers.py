@@ -237,12 +237,10 @@ def render_tuning(sources: list[str]) -> list[str]:
     from genbench.report.presets import menu_text
 
     check_budget = next((r["time_check"]["budget"] for r in map(load_json, sources) if r.get("time_check")), None)
-    check_head = (
-        f"under `{check_budget['name']}`: hand-set / best"
-        + (f" ({check_budget['max_train_seconds']:g} s)" if check_budget.get("max_train_seconds") else "")
-        if check_budget
-        else "time check"
-    )
+    check_head = "time check"
+    if check_budget:
+        seconds = check_budget.get("max_train_seconds")
+        check_head = f"under `{check_budget['name']}`{f' ({seconds:g} s)' if seconds else ''}: hand-set / best"
     lines = [
         f"| family | trials | budget | objective | hand-set preset | search's best | {check_head} | preset |",
         "|---|---|---|---|---|---|---|---|",
