@@ -189,7 +189,7 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
     assert record["best"]["value"] == min(values) and record["best"]["number"] == values.index(min(values))
 
     # each trial's own evaluation: against the validation split, and the value the study stored
-    sweep = next((out / "tuning" / "tiny" / "gan").iterdir())
+    sweep = next(d for d in (out / "tuning" / "tiny" / "gan").iterdir() if not d.name.startswith("check_"))
     for number, value in enumerate(values):
         final = json.loads((sweep / str(number) / "eval" / "final.json").read_text())
         assert final["real"] == "synthetic:val" and final["num_samples"] == 200
@@ -223,6 +223,10 @@ def test_tiny_search_writes_its_record_and_the_best_preset(tmp_path: Path) -> No
         assert finalist["value"] == pytest.approx(values[finalist["search_trial"]], rel=1e-6)
         assert finalist["hand_set"] == (finalist["search_trial"] == 0)
     assert check["chosen"] == record["chosen"]["number"] == record["best"]["number"]
+    check_sweep = next((out / "tuning" / "tiny" / "gan" / "check_tiny").iterdir())
+    for finalist in check["finalists"]:  # each check run scored against the validation split too
+        final = json.loads((check_sweep / str(finalist["check_trial"]) / "eval" / "final.json").read_text())
+        assert final["real"] == "synthetic:val" and final["fid"] == pytest.approx(finalist["value"], rel=1e-6)
     assert preset["preset"]["check"]["chosen"] == check["chosen"]
     assert [f["value"] for f in preset["preset"]["check"]["finalists"]] == [f["value"] for f in check["finalists"]]
     text = preset_text(preset)
