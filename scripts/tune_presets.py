@@ -314,9 +314,7 @@ def time_check(
         flush=True,
     )
     if todo:
-        cmd = search_command(
-            check_bench, family, sweep_dir, len(finished) + len(todo), log_dir, list(extra), study=name
-        )
+        cmd = [*cmd, f"hydra.sweeper.n_trials={len(finished) + len(todo)}"]  # the study's whole count
         print(f"  runs and log (launcher.log): {sweep_dir}", flush=True)
         run_search(family, cmd, sweep_dir, Path(check_bench.paths.root_dir))
     stored = trial_rows(optuna.load_study(study_name=name, storage=str(cfg.hydra.sweeper.storage)), {})
@@ -391,6 +389,7 @@ def tune_family(
     if check_bench is not None:
         check = time_check(family, rows, budget, check_bench, check_count, log_dir, list(extra))
         chosen = next(r for r in rows if r["number"] == check["chosen"])
+    best_entry = {**best, "settings": best_settings(cmd, best["params"])}
     sampler = OmegaConf.to_container(cfg.hydra.sweeper.sampler, resolve=True)
     space = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -424,10 +423,10 @@ def tune_family(
         "study": {"name": study.study_name, "storage": storage},
         "command": "genbench-train " + " ".join(train_overrides(cmd)),
         "trials": rows,
-        "best": {**best, "settings": best_settings(cmd, best["params"])},
+        "best": best_entry,
         # the preset: the search's best, or with a time check the finalist that won it
         "time_check": check,
-        "chosen": {**chosen, "settings": best_settings(cmd, chosen["params"])},
+        "chosen": best_entry if chosen is best else {**chosen, "settings": best_settings(cmd, chosen["params"])},
         "preset_file": _relative(preset_path),
         # the trials' own wall time, summed (this run of the script may have run none of them)
         "trial_seconds": round(sum(r["seconds"] or 0.0 for r in rows), 1),
