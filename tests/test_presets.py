@@ -220,6 +220,9 @@ def test_image_budget_preset_gives_each_family_a_fixed_image_count(tmp_path: Pat
         assert cfg.callbacks.budget.max_images == images and cfg.callbacks.budget.max_train_seconds is None
         assert images % cfg.data.batch_size == 0, (family, images, cfg.data.batch_size)
         assert list(cfg.callbacks.budget.eval_at) == [0.25, 0.5, 1.0]  # the cpu protocol otherwise
+        # fp32 on every CPU (the counts are fp32 ones), while the time budget lets auto pick bf16
+        assert cfg.trainer.precision == "32-true"
+        assert compose_train(job_overrides("cpu", family, tmp_path), tmp_path).trainer.precision == "auto"
     # the README says make demo uses the time budget (bounded duration) and names the alternative
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     assert "BUDGET ?= cpu\n" in makefile and "genbench-benchmark budget=$(BUDGET)" in makefile
@@ -236,3 +239,4 @@ def test_long_cpu_budget_is_four_times_cpu_with_its_points_inside(tmp_path: Path
         assert times == [30, 60, 120, 240, 480]
         assert set(times) >= {f * cpu.max_train_seconds for f in cpu.eval_at}
         assert cfgs[0].model == cfgs[1].model and cfgs[0].data == cfgs[1].data  # only the budget differs
+        assert cfgs[0].trainer == cfgs[1].trainer and cfgs[1].trainer.precision == "auto"
